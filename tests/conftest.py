@@ -1,0 +1,49 @@
+"""Test setup. TRITON_INTERPRET must be set before the first `import triton` in the process (and
+`import diffusers` imports triton), so it is decided here, before anything else is imported: on a
+machine without an NVIDIA GPU the Triton kernels run in the interpreter on CPU tensors."""
+import os
+import shutil
+
+if "TRITON_INTERPRET" not in os.environ:
+    _has_gpu = os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+    if not _has_gpu:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parity_dir() -> pathlib.Path:
+    """The parity folder: $DVG_PARITY_DIR, default ../shared/parity from the repository root.
+    A missing folder fails the run (never a silent skip)."""
+    path = pathlib.Path(os.environ.get("DVG_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
+    if not path.is_dir():
+        raise FileNotFoundError(f"parity folder {path} not found; set DVG_PARITY_DIR to the folder of parity vectors")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_path() -> pathlib.Path:
+    return parity_dir()
+
+
+def pytest_report_header(config):
+    from dvg_engine.ops import _registry
+    lines = [f"dvg: torch {torch.__version__}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}, "
+             f"cuda={'yes' if torch.cuda.is_available() else 'no'}",
+             f"dvg: C++ extension dvg_engine._C: {'built' if _registry.cpp_available() else 'MISSING (cpp tests skip)'}",
+             f"dvg: triton: {'importable' if _registry.triton_importable() else 'MISSING (triton tests skip)'}"]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from dvg_engine.ops import _registry
+    if not _registry.cpp_available():
+        terminalreporter.write_line("WARNING: the C++ extension dvg_engine._C is missing: the C++ backend tests were "
+                                    "skipped", red=True)
+    if not _registry.triton_importable():
+        terminalreporter.write_line("WARNING: triton is not importable: the Triton kernel tests were skipped", red=True)
