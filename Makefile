@@ -35,8 +35,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(VENV)/bin/dvg bench --quick
 
+# Uses the venv's python when there is one, else the host's (an offline GPU host: pass
+# GPU_CHECK_ARGS="--wheels DIR" for what it lacks). Without a GPU it says so and exits 0.
 gpu-check:
-	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info dvg_engine/*.so outputs
