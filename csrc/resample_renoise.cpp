@@ -1,0 +1,302 @@
+// Fused resample + re-noise of a DVG stage transition, CPU (dvg-spec.md §9–§11, §12.3 steps 4–7).
+//
+//   x0 (B, C, ts, hs, ws) any float dtype, any strides      anchors int32 (ts,) (hs,) (ws,)
+//   coords int64 (td,) (hd,) (wd,)     seeds int64 (B,)      out: (B, C, td, hd, wd) or tokens
+//   (B, N, C·pt·ph·pw) contiguous, written in place.
+//
+//   out = (1 − σ)·V + σ·ε,  V = lerp_t(area_resize_hw(x0) with exact anchor restore),
+//   optionally V ← 0.7·V + 0.3·avg3×3(V) (0→1 transition), ε = coordinate-hash Box–Muller noise.
+//
+// Registered as dvg::_cpp_resample_renoise; the public op dvg::resample_renoise (Python,
+// dvg_engine/ops/resample.py) validates the arguments and dispatches here.
+//
+// Parallel over (b, c, t) planes with at::parallel_for (torch's intra-op pool, so
+// torch.set_num_threads applies). Every float operation is rounded as the torch reference rounds it
+// (area sum in row-major order then halvings, lerp as one fused multiply-add from the nearer end,
+// 0.7·x and 0.3·pooled rounded separately, IEEE divisions), and the hash/Box–Muller run in
+// uint64/double, so the result equals the reference bit for bit on the same CPU: fp contraction is
+// switched off below because a compiler-fused a·b + c·d would round differently.
+#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+// After the includes, so only this file's functions are affected.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace {
+
+// dvg-spec §11 constants (unsigned; multiplication wraps mod 2^64).
+constexpr uint64_t K_T = 0x9E3779B185EBCA87ULL;
+constexpr uint64_t K_H = 0xC2B2AE3D27D4EB4FULL;
+constexpr uint64_t K_W = 0x165667B19E3779F9ULL;
+constexpr uint64_t K_C = 0x85EBCA77C2B2AE63ULL;
+constexpr uint64_t K_S = 0x27D4EB2F165667C5ULL;
+constexpr uint64_t K_G = 0x9E3779B97F4A7C15ULL;
+constexpr uint64_t K_M1 = 0xBF58476D1CE4E5B9ULL;
+constexpr uint64_t K_M2 = 0x94D049BB133111EBULL;
+constexpr uint64_t LOW53 = (uint64_t(1) << 53) - 1;
+constexpr double TWO_POW_M53 = 1.0 / 9007199254740992.0;  // 2^-53, exact
+constexpr double U_LOW = 1e-12;
+constexpr double U_HIGH = 1.0 - 1e-12;
+constexpr double TWO_PI = 2.0 * 3.141592653589793;
+constexpr double SMOOTHING_WEIGHT = 0.3;
+
+// The reference shifts the int64 reading of the hash arithmetically; spelled out on uint64 so it does
+// not rest on the (pre-C++20) implementation-defined signed right shift.
+inline uint64_t shift_right_arithmetic(uint64_t x, int k) {
+  const uint64_t sign_fill = (uint64_t(0) - (x >> 63)) << (64 - k);
+  return (x >> k) | sign_fill;
+}
+
+inline uint64_t mix64(uint64_t x) {
+  x = (x ^ shift_right_arithmetic(x, 30)) * K_M1;
+  x = (x ^ shift_right_arithmetic(x, 27)) * K_M2;
+  return x ^ shift_right_arithmetic(x, 31);
+}
+
+inline double uniform_from_hash(uint64_t h) {
+  // (low 53 bits) + 0.5 rounds to nearest in double above 2^52, exactly as the reference's float64 add
+  const double u = (static_cast<double>(h & LOW53) + 0.5) * TWO_POW_M53;
+  return std::min(std::max(u, U_LOW), U_HIGH);
+}
+
+inline float coordinate_noise(uint64_t base) {
+  const double u1 = uniform_from_hash(mix64(base));
+  const double u2 = uniform_from_hash(mix64(base + K_G));
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(TWO_PI * u2));
+}
+
+// Per target position on one spatial axis: the area window [first, first + (two ? 2 : 1)) of the
+// adaptive-average-pool resize (1 or 2 source indices because the source is not larger), and the
+// source index when the position is an anchor (-1 otherwise).
+struct AxisTap {
+  int64_t first;
+  bool two;
+  int64_t anchor_src;
+};
+
+std::vector<AxisTap> axis_taps(const int32_t* anchors, int64_t n_src, int64_t n_dst) {
+  std::vector<AxisTap> taps(n_dst);
+  for (int64_t p = 0; p < n_dst; ++p) {
+    const int64_t first = (p * n_src) / n_dst;
+    const int64_t end = ((p + 1) * n_src + n_dst - 1) / n_dst;
+    taps[p] = AxisTap{first, end - first > 1, -1};
+  }
+  for (int64_t j = 0; j < n_src; ++j) taps[anchors[j]].anchor_src = j;
+  return taps;
+}
+
+struct FrameLerp {
+  int64_t left, right;
+  float weight;
+};
+
+std::vector<FrameLerp> frame_lerps(const int32_t* anchors, int64_t n_src, int64_t n_dst) {
+  std::vector<FrameLerp> out(n_dst);
+  for (int64_t p = 0; p < n_dst; ++p) {
+    int64_t count = 0;  // anchors ≤ p
+    while (count < n_src && anchors[count] <= p) ++count;
+    int64_t left = std::min<int64_t>(std::max<int64_t>(count - 1, 0), std::max<int64_t>(n_src - 2, 0));
+    int64_t right = std::min<int64_t>(left + 1, n_src - 1);
+    const int64_t a_left = anchors[left], a_right = anchors[right];
+    float weight = static_cast<float>(p - a_left) / static_cast<float>(std::max<int64_t>(a_right - a_left, 1));
+    if (p <= anchors[0]) weight = 0.0f;
+    if (p >= anchors[n_src - 1]) weight = 1.0f;
+    out[p] = FrameLerp{left, right, weight};
+  }
+  return out;
+}
+
+template <typename in_t>
+inline float area_value(const in_t* frame, int64_t stride_h, int64_t stride_w, const AxisTap& th,
+                        const AxisTap& tw) {
+  if (th.anchor_src >= 0 && tw.anchor_src >= 0)
+    return static_cast<float>(frame[th.anchor_src * stride_h + tw.anchor_src * stride_w]);
+  const in_t* row0 = frame + th.first * stride_h;
+  const int64_t col0 = tw.first * stride_w;
+  float sum = static_cast<float>(row0[col0]);
+  if (tw.two) sum += static_cast<float>(row0[col0 + stride_w]);
+  if (th.two) {
+    sum += static_cast<float>(row0[stride_h + col0]);
+    if (tw.two) sum += static_cast<float>(row0[stride_h + col0 + stride_w]);
+  }
+  // torch divides the window sum by its height, then its width: exact halvings here
+  if (th.two) sum *= 0.5f;
+  if (tw.two) sum *= 0.5f;
+  return sum;
+}
+
+// torch.lerp on the CPU: coeff·(end − start) + base in one fused multiply-add, from the nearer end.
+inline float lerp_like_torch(float start, float end, float weight) {
+  const bool small = weight < 0.5f;
+  return std::fma(small ? weight : weight - 1.0f, end - start, small ? start : end);
+}
+
+template <typename in_t, typename out_t>
+void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t* anchor_h,
+                const int32_t* anchor_w, const int64_t* coord_t, const int64_t* coord_h, const int64_t* coord_w,
+                const int64_t* seeds, double sigma, int64_t smoothing, bool tokens, int64_t pt, int64_t ph,
+                int64_t pw, torch::Tensor& out, int64_t t_d, int64_t h_d, int64_t w_d) {
+  const int64_t batch = x0.size(0), channels = x0.size(1);
+  const int64_t t_s = x0.size(2), h_s = x0.size(3), w_s = x0.size(4);
+  const int64_t sx_b = x0.stride(0), sx_c = x0.stride(1), sx_t = x0.stride(2), sx_h = x0.stride(3),
+                sx_w = x0.stride(4);
+  const in_t* x = x0.data_ptr<in_t>();
+  out_t* y = out.data_ptr<out_t>();
+
+  const std::vector<AxisTap> taps_h = axis_taps(anchor_h, h_s, h_d);
+  const std::vector<AxisTap> taps_w = axis_taps(anchor_w, w_s, w_d);
+  const std::vector<FrameLerp> lerps = frame_lerps(anchor_t, t_s, t_d);
+
+  const float sigma32 = static_cast<float>(sigma);
+  const float keep = 1.0f - sigma32;  // the reference's (1 − σ) in float32
+  const float smooth_keep = static_cast<float>(1.0 - SMOOTHING_WEIGHT);
+  const float smooth_mix = static_cast<float>(SMOOTHING_WEIGHT);
+
+  const int64_t tokens_h = h_d / ph, tokens_w = w_d / pw;
+  const int64_t token_dim = channels * pt * ph * pw;
+  const int64_t n_tokens = (t_d / pt) * tokens_h * tokens_w;
+  std::vector<uint64_t> col_hash(w_d);
+  std::vector<int64_t> col_off(w_d);
+  for (int64_t w = 0; w < w_d; ++w) {
+    col_hash[w] = static_cast<uint64_t>(coord_w[w]) * K_W;
+    col_off[w] = tokens ? (w / pw) * token_dim + w % pw : w;
+  }
+
+  const int64_t n_planes = batch * channels * t_d;
+  at::parallel_for(0, n_planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> plane_values(smoothing ? h_d * w_d : 0);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t t = plane % t_d;
+      const int64_t c = (plane / t_d) % channels;
+      const int64_t b = plane / (t_d * channels);
+      const FrameLerp& lt = lerps[t];
+      const in_t* frame_l = x + b * sx_b + c * sx_c + lt.left * sx_t;
+      const in_t* frame_r = x + b * sx_b + c * sx_c + lt.right * sx_t;
+      // anchor frames (weight 0 or 1) read one source frame only
+      auto upsampled = [&](int64_t h, int64_t w) -> float {
+        const AxisTap& th = taps_h[h];
+        const AxisTap& tw = taps_w[w];
+        const float start = lt.weight < 1.0f ? area_value(frame_l, sx_h, sx_w, th, tw) : 0.0f;
+        const float end_v = lt.weight > 0.0f ? area_value(frame_r, sx_h, sx_w, th, tw) : 0.0f;
+        return lerp_like_torch(start, end_v, lt.weight);
+      };
+      if (smoothing) {
+        for (int64_t h = 0; h < h_d; ++h)
+          for (int64_t w = 0; w < w_d; ++w) plane_values[h * w_d + w] = upsampled(h, w);
+      }
+      const uint64_t plane_hash = static_cast<uint64_t>(coord_t[t]) * K_T + static_cast<uint64_t>(c) * K_C +
+                                  static_cast<uint64_t>(seeds[b]) * K_S;
+      for (int64_t h = 0; h < h_d; ++h) {
+        const uint64_t row_hash = plane_hash + static_cast<uint64_t>(coord_h[h]) * K_H;
+        const int64_t row_off =
+            tokens ? b * n_tokens * token_dim + ((t / pt) * tokens_h + h / ph) * tokens_w * token_dim +
+                         ((c * pt + t % pt) * ph + h % ph) * pw
+                   : ((b * channels + c) * t_d + t) * h_d * w_d + h * w_d;
+        const int64_t h_lo = std::max<int64_t>(h - 1, 0), h_hi = std::min<int64_t>(h + 1, h_d - 1);
+        for (int64_t w = 0; w < w_d; ++w) {
+          float value;
+          if (smoothing) {
+            const int64_t w_lo = std::max<int64_t>(w - 1, 0), w_hi = std::min<int64_t>(w + 1, w_d - 1);
+            float pooled = 0.0f;  // torch's avg_pool2d order: window rows outer, columns inner
+            for (int64_t ih = h_lo; ih <= h_hi; ++ih)
+              for (int64_t iw = w_lo; iw <= w_hi; ++iw) pooled += plane_values[ih * w_d + iw];
+            const float count = smoothing == 1 ? 9.0f : static_cast<float>((h_hi - h_lo + 1) * (w_hi - w_lo + 1));
+            pooled = pooled / count;
+            value = plane_values[h * w_d + w] * smooth_keep + pooled * smooth_mix;
+          } else {
+            value = upsampled(h, w);
+          }
+          const float eps = coordinate_noise(row_hash + col_hash[w]);
+          const float result = value * keep + eps * sigma32;
+          y[row_off + col_off[w]] = static_cast<out_t>(result);
+        }
+      }
+    }
+  });
+}
+
+void check_anchors(const char* name, const torch::Tensor& anchors, int64_t n_src, int64_t n_dst) {
+  TORCH_CHECK(anchors.dim() == 1 && anchors.scalar_type() == at::kInt && anchors.size(0) == n_src &&
+                  anchors.is_contiguous(),
+              "dvg::_cpp_resample_renoise: ", name, " must be a contiguous 1-D int32 tensor of ", n_src, " entries");
+  const int32_t* a = anchors.data_ptr<int32_t>();
+  // the kernel indexes with these values: checked here unconditionally (cheap, host memory)
+  TORCH_CHECK(a[0] == 0 && a[n_src - 1] == n_dst - 1, "dvg::_cpp_resample_renoise: ", name,
+              " must start at 0 and end at ", n_dst - 1);
+  for (int64_t j = 1; j < n_src; ++j)
+    TORCH_CHECK(a[j] > a[j - 1], "dvg::_cpp_resample_renoise: ", name, " must be strictly increasing (entry ", j,
+                " is ", a[j], " after ", a[j - 1], ")");
+}
+
+void check_index(const char* name, const torch::Tensor& v, at::ScalarType dtype, int64_t length) {
+  TORCH_CHECK(v.dim() == 1 && v.scalar_type() == dtype && v.size(0) == length && v.is_contiguous() &&
+                  v.device().is_cpu(),
+              "dvg::_cpp_resample_renoise: ", name, " must be a contiguous 1-D CPU tensor of ", length, " entries of ",
+              dtype);
+}
+
+}  // namespace
+
+void cpp_resample_renoise(const torch::Tensor& x0, const torch::Tensor& anchor_t, const torch::Tensor& anchor_h,
+                          const torch::Tensor& anchor_w, const torch::Tensor& coord_t, const torch::Tensor& coord_h,
+                          const torch::Tensor& coord_w, const torch::Tensor& seeds, double sigma, int64_t smoothing,
+                          bool tokens, at::IntArrayRef patch, torch::Tensor out) {
+  TORCH_CHECK(x0.dim() == 5 && x0.device().is_cpu(), "dvg::_cpp_resample_renoise: x0 must be a 5-D CPU tensor");
+  TORCH_CHECK(patch.size() == 3 && patch[0] >= 1 && patch[1] >= 1 && patch[2] >= 1,
+              "dvg::_cpp_resample_renoise: patch must be three positive ints");
+  TORCH_CHECK(smoothing >= 0 && smoothing <= 2, "dvg::_cpp_resample_renoise: smoothing must be 0, 1 or 2");
+  const int64_t batch = x0.size(0), channels = x0.size(1);
+  const int64_t t_d = coord_t.size(0), h_d = coord_h.size(0), w_d = coord_w.size(0);
+  TORCH_CHECK(x0.size(2) >= 1 && x0.size(3) >= 1 && x0.size(4) >= 1 && x0.size(2) <= t_d && x0.size(3) <= h_d &&
+                  x0.size(4) <= w_d,
+              "dvg::_cpp_resample_renoise: the source grid ", x0.sizes().slice(2),
+              " must be non-empty and not larger than the target (", t_d, ", ", h_d, ", ", w_d, ")");
+  check_index("coord_t", coord_t, at::kLong, t_d);
+  check_index("coord_h", coord_h, at::kLong, h_d);
+  check_index("coord_w", coord_w, at::kLong, w_d);
+  check_index("seeds", seeds, at::kLong, batch);
+  check_anchors("anchor_t", anchor_t, x0.size(2), t_d);
+  check_anchors("anchor_h", anchor_h, x0.size(3), h_d);
+  check_anchors("anchor_w", anchor_w, x0.size(4), w_d);
+  const int64_t pt = patch[0], ph = patch[1], pw = patch[2];
+  std::vector<int64_t> expected;
+  if (tokens) {
+    TORCH_CHECK(t_d % pt == 0 && h_d % ph == 0 && w_d % pw == 0, "dvg::_cpp_resample_renoise: the target grid (",
+                t_d, ", ", h_d, ", ", w_d, ") is not divisible by the patch (", pt, ", ", ph, ", ", pw, ")");
+    expected = {batch, (t_d / pt) * (h_d / ph) * (w_d / pw), channels * pt * ph * pw};
+  } else {
+    expected = {batch, channels, t_d, h_d, w_d};
+  }
+  TORCH_CHECK(out.device().is_cpu() && out.is_contiguous() && out.sizes().vec() == expected,
+              "dvg::_cpp_resample_renoise: out must be a contiguous CPU tensor of shape ", at::IntArrayRef(expected),
+              ", got ", out.sizes());
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "resample_renoise_in", [&] {
+    using in_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "resample_renoise_out", [&] {
+      run_kernel<in_t, scalar_t>(x0, anchor_t.data_ptr<int32_t>(), anchor_h.data_ptr<int32_t>(),
+                                 anchor_w.data_ptr<int32_t>(), coord_t.data_ptr<int64_t>(), coord_h.data_ptr<int64_t>(),
+                                 coord_w.data_ptr<int64_t>(), seeds.data_ptr<int64_t>(), sigma, smoothing, tokens, pt,
+                                 ph, pw, out, t_d, h_d, w_d);
+    });
+  });
+}
+
+TORCH_LIBRARY_FRAGMENT(dvg, m) {
+  m.def(
+      "_cpp_resample_renoise(Tensor x0, Tensor anchor_t, Tensor anchor_h, Tensor anchor_w, Tensor coord_t, "
+      "Tensor coord_h, Tensor coord_w, Tensor seeds, float sigma, int smoothing, bool tokens, int[] patch, "
+      "Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(dvg, CPU, m) { m.impl("_cpp_resample_renoise", &cpp_resample_renoise); }

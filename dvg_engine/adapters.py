@@ -1,0 +1,406 @@
+"""Per-pipeline differences, and only those (DESIGN.md §4): which backbone the planner sees, VAE
+factors and pixel rounding, the stage-0 shift, how prompts are encoded (through the pipeline's own
+methods), how guidance is applied, how the transformer input and its conditioning are built per stage,
+and the text-mask layout that decides which tokens the packed attention keeps.
+
+Each adapter turns the bound arguments of the pipeline's `__call__` into a `Prepared` generation:
+`conditions` (one per model call of a step: the prompt, and the negative prompt under true CFG), each
+with its transformer keyword arguments and its per-sample number of valid text tokens (read to the
+host once, here, from the masks; they give the packed attention its `cu_seqlens` and `max_seqlen`
+without any read in the step loop).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import _checks
+
+SUPPORTED_PIPELINES = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideo15Pipeline",
+                       "HunyuanVideo15ImageToVideoPipeline")
+
+
+@dataclasses.dataclass
+class Condition:
+    """One model call per step (the prompt, or the negative prompt under true CFG).
+
+    kwargs: transformer keyword arguments except hidden_states/timestep; batch-first tensors of B samples.
+    text_lengths: per sample, the number of valid (attended) non-latent tokens, host ints.
+    text_seq_len: the padded length of the non-latent part the transformer sees.
+    """
+
+    name: str
+    kwargs: Dict[str, Any]
+    text_lengths: List[int]
+    text_seq_len: int
+
+    def select(self, indices: Sequence[int]) -> "Condition":
+        """The condition restricted to the samples `indices` (for per-plan sample groups)."""
+        if list(indices) == list(range(len(self.text_lengths))):
+            return self
+        index = torch.tensor(list(indices), dtype=torch.long)
+        kwargs = {k: (v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+                      and v.shape[0] == len(self.text_lengths) else v) for k, v in self.kwargs.items()}
+        return Condition(self.name, kwargs, [self.text_lengths[i] for i in indices], self.text_seq_len)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A generation after prompt encoding: everything the denoising loop needs."""
+
+    batch: int
+    height: int
+    width: int
+    num_frames: int
+    num_steps: int
+    device: torch.device
+    dtype: torch.dtype
+    latent_channels: int
+    conditions: List[Condition]
+    guidance: Callable[[List[torch.Tensor]], torch.Tensor]
+    generator: Any
+    latents: Optional[torch.Tensor]
+    output_type: str
+    return_dict: bool
+    callback: Optional[Callable]
+    callback_inputs: List[str]
+    sigmas: Optional[Sequence[float]]
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def prefix_lengths(name: str, mask: torch.Tensor) -> List[int]:
+    """mask: (B, L) 0/1 -> per-row count of ones, after checking each row is a prefix mask (ones, then zeros).
+
+    diffusers' HunyuanVideo transformers treat the text mask as a prefix (they keep the first `sum` tokens);
+    a mask with holes would silently attend to the wrong tokens, so it is refused here. One host read.
+    """
+    _checks.check_tensor(name, mask, ndim=2)
+    host = mask.detach().to("cpu")
+    valid = host != 0
+    counts = valid.sum(dim=1)
+    expected = torch.arange(host.shape[1])[None, :] < counts[:, None]
+    bad = (valid != expected).any(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} row {row} is not a prefix mask (ones then zeros): "
+                         f"{host[row].to(torch.int64).tolist()}; allowed: masks whose valid tokens come first, "
+                         f"as the pipeline's tokenizers produce them")
+    return [int(c) for c in counts.tolist()]
+
+
+class Adapter:
+    """Base: what the engine asks of a pipeline."""
+
+    model = "hunyuan_video"
+    pipeline_class = ""
+    patch = (1, 2, 2)
+    spatial_factor = 8  # pixels per latent cell
+    supports_callback = True
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+
+    # ---- geometry -------------------------------------------------------------------------------
+    def stage0_shift(self) -> float:
+        return float(self.pipe.scheduler.config.get("shift", 1.0))
+
+    def check_geometry(self, height: int, width: int, num_frames: int, round_num_frames: bool) -> Tuple[int, int, int]:
+        height = _checks.check_int("height", height, minimum=1)
+        width = _checks.check_int("width", width, minimum=1)
+        num_frames = _checks.check_int("num_frames", num_frames, minimum=1)
+        cell = self.spatial_factor * self.patch[1]
+        for name, value in (("height", height), ("width", width)):
+            if value % cell:
+                latent = value // self.spatial_factor
+                raise ValueError(
+                    f"{name}={value} gives {value / self.spatial_factor:g} latent cells (VAE factor "
+                    f"{self.spatial_factor}); the transformer's patch size {self.patch[1]} needs a whole, "
+                    f"{'even ' if self.patch[1] == 2 else ''}number of latent cells, which diffusers would silently "
+                    f"truncate to {latent - latent % self.patch[1]}; allowed: a multiple of {cell}, e.g. "
+                    f"{max(cell, value - value % cell)} or {value - value % cell + cell}")
+        if (num_frames - 1) % 4:
+            lower = num_frames - (num_frames - 1) % 4
+            if not round_num_frames:
+                raise ValueError(
+                    f"num_frames={num_frames} is not of the form 4k+1 (the causal VAE compresses time by 4); "
+                    f"diffusers would silently use {lower}. Allowed: 4k+1 (e.g. {lower} or {lower + 4}), or pass "
+                    f"round_num_frames=True to round to the nearest such value")
+            upper = lower + 4
+            rounded = lower if (num_frames - lower) <= (upper - num_frames) else upper
+            import warnings
+            warnings.warn(f"num_frames={num_frames} rounded to {rounded} (4k+1) because round_num_frames=True",
+                          stacklevel=4)
+            num_frames = rounded
+        return height, width, num_frames
+
+    # ---- per call ----------------------------------------------------------------------------------
+    def prepare(self, args: Dict[str, Any], config) -> Prepared:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
+        """The transformer's `hidden_states` for `latents` (B, C, T, H, W) at a stage with nested `stage_axes`."""
+        return latents.to(prep.dtype)
+
+    def decode(self, prep: Prepared, latents: torch.Tensor):
+        pipe = self.pipe
+        if prep.output_type == "latent":
+            return latents
+        latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+        video = pipe.vae.decode(latents, return_dict=False)[0]
+        return pipe.video_processor.postprocess_video(video, output_type=prep.output_type)
+
+    def output(self, prep: Prepared, video):
+        raise NotImplementedError
+
+
+def _text_len_check(name, embeds, mask):
+    if mask is None:
+        raise ValueError(f"{name} is required with precomputed prompt embeddings; allowed: a (B, L) prefix mask")
+    if embeds.shape[:2] != mask.shape[:2]:
+        _checks.fail(name, mask, f"a mask of shape {tuple(embeds.shape[:2])} matching the embeddings")
+
+
+class HunyuanVideoAdapter(Adapter):
+    """HunyuanVideoPipeline (T2V): embedded guidance (guidance-distilled), optional true CFG."""
+
+    model = "hunyuan_video"
+    pipeline_class = "HunyuanVideoPipeline"
+    patch = (1, 2, 2)
+
+    def __init__(self, pipe) -> None:
+        super().__init__(pipe)
+        self.spatial_factor = int(getattr(pipe, "vae_scale_factor_spatial", 8))
+
+    def latent_channels(self) -> int:
+        return int(self.pipe.transformer.config.in_channels)
+
+    def _encode(self, args, device, transformer_dtype, negative: bool):
+        pipe = self.pipe
+        prefix = "negative_" if negative else ""
+        embeds, pooled, mask = pipe.encode_prompt(
+            prompt=args[prefix + "prompt"], prompt_2=args[prefix + "prompt_2"],
+            prompt_template=args["prompt_template"], num_videos_per_prompt=args["num_videos_per_prompt"],
+            prompt_embeds=args[prefix + "prompt_embeds"], pooled_prompt_embeds=args[prefix + "pooled_prompt_embeds"],
+            prompt_attention_mask=args[prefix + "prompt_attention_mask"], device=device,
+            max_sequence_length=args["max_sequence_length"])
+        _text_len_check(prefix + "prompt_attention_mask", embeds, mask)
+        lengths = prefix_lengths(prefix + "prompt_attention_mask", mask)
+        return embeds.to(transformer_dtype), pooled.to(transformer_dtype), mask.to(transformer_dtype), lengths
+
+    def prepare(self, args: Dict[str, Any], config) -> Prepared:
+        pipe = self.pipe
+        callback = args["callback_on_step_end"]
+        callback_inputs = args["callback_on_step_end_tensor_inputs"]
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_inputs = callback.tensor_inputs
+        height, width, num_frames = self.check_geometry(args["height"], args["width"], args["num_frames"],
+                                                        config.round_num_frames)
+        pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
+                          args["prompt_template"])
+        has_neg = args["negative_prompt"] is not None or (
+            args["negative_prompt_embeds"] is not None and args["negative_pooled_prompt_embeds"] is not None)
+        true_cfg = float(args["true_cfg_scale"])
+        do_true_cfg = true_cfg > 1 and has_neg
+        pipe._guidance_scale = args["guidance_scale"]
+        pipe._attention_kwargs = args["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = args["prompt"]
+        batch = 1 if isinstance(prompt, str) else (len(prompt) if prompt is not None else args["prompt_embeds"].shape[0])
+        batch *= int(args["num_videos_per_prompt"])
+        dtype = pipe.transformer.dtype
+        embeds, pooled, mask, lengths = self._encode(args, device, dtype, negative=False)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            guidance = torch.tensor([args["guidance_scale"]] * batch, dtype=dtype, device=device) * 1000.0
+        common = {"guidance": guidance, "attention_kwargs": args["attention_kwargs"], "return_dict": False}
+        conditions = [Condition("cond", dict(encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                                             pooled_projections=pooled, **common), lengths, embeds.shape[1])]
+        if do_true_cfg:
+            n_embeds, n_pooled, n_mask, n_lengths = self._encode(args, device, dtype, negative=True)
+            conditions.append(Condition("uncond", dict(encoder_hidden_states=n_embeds, encoder_attention_mask=n_mask,
+                                                       pooled_projections=n_pooled, **common),
+                                        n_lengths, n_embeds.shape[1]))
+
+            def combine(preds, scale=true_cfg):
+                return preds[1] + scale * (preds[0] - preds[1])
+        else:
+            def combine(preds):
+                return preds[0]
+        return Prepared(batch=batch, height=height, width=width, num_frames=num_frames,
+                        num_steps=int(args["num_inference_steps"]), device=device, dtype=dtype,
+                        latent_channels=self.latent_channels(), conditions=conditions, guidance=combine,
+                        generator=args["generator"], latents=args["latents"], output_type=args["output_type"],
+                        return_dict=args["return_dict"], callback=callback, callback_inputs=list(callback_inputs or []),
+                        sigmas=args["sigmas"], extra={"prompt_embeds": embeds})
+
+    def prepare_noise(self, prep: Prepared, shape, generator, latents=None) -> torch.Tensor:
+        """Stage noise (B, C, T, H, W) float32 from the user's generator, through the pipeline's own method."""
+        t, h, w = shape
+        return self.pipe.prepare_latents(prep.batch, prep.latent_channels, h * self.spatial_factor,
+                                         w * self.spatial_factor, (t - 1) * 4 + 1, torch.float32, prep.device,
+                                         generator, latents)
+
+    def output(self, prep: Prepared, video):
+        from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
+        if not prep.return_dict:
+            return (video,)
+        return HunyuanVideoPipelineOutput(frames=video)
+
+
+class HunyuanVideo15Adapter(Adapter):
+    """HunyuanVideo15Pipeline (T2V): true CFG through `pipe.guider`; 729 masked image tokens skipped."""
+
+    model = "hunyuan_video_1_5"
+    pipeline_class = "HunyuanVideo15Pipeline"
+    patch = (1, 1, 1)
+    supports_callback = False
+
+    def __init__(self, pipe) -> None:
+        super().__init__(pipe)
+        self.spatial_factor = int(getattr(pipe, "vae_scale_factor_spatial", 16))
+
+    def latent_channels(self) -> int:
+        return int(self.pipe.num_channels_latents)
+
+    def _image_tokens_valid(self, prep) -> int:
+        return 0  # T2V: the image tokens are all masked
+
+    def _encode(self, args, device, batch, negative: bool):
+        pipe = self.pipe
+        prefix = "negative_" if negative else ""
+        embeds, mask, embeds2, mask2 = pipe.encode_prompt(
+            prompt=args[prefix + "prompt"], device=device, dtype=pipe.transformer.dtype, batch_size=batch,
+            num_videos_per_prompt=args["num_videos_per_prompt"], prompt_embeds=args[prefix + "prompt_embeds"],
+            prompt_embeds_mask=args[prefix + "prompt_embeds_mask"], prompt_embeds_2=args[prefix + "prompt_embeds_2"],
+            prompt_embeds_mask_2=args[prefix + "prompt_embeds_mask_2"])
+        lengths = prefix_lengths(prefix + "prompt_embeds_mask", mask)
+        lengths2 = prefix_lengths(prefix + "prompt_embeds_mask_2", mask2)
+        return embeds, mask, embeds2, mask2, [a + b for a, b in zip(lengths, lengths2)]
+
+    def prepare(self, args: Dict[str, Any], config) -> Prepared:
+        pipe = self.pipe
+        pipe.check_inputs(prompt=args["prompt"], height=args["height"], width=args["width"],
+                          negative_prompt=args["negative_prompt"], prompt_embeds=args["prompt_embeds"],
+                          negative_prompt_embeds=args["negative_prompt_embeds"],
+                          prompt_embeds_mask=args["prompt_embeds_mask"],
+                          negative_prompt_embeds_mask=args["negative_prompt_embeds_mask"],
+                          prompt_embeds_2=args["prompt_embeds_2"], prompt_embeds_mask_2=args["prompt_embeds_mask_2"],
+                          negative_prompt_embeds_2=args["negative_prompt_embeds_2"],
+                          negative_prompt_embeds_mask_2=args["negative_prompt_embeds_mask_2"])
+        height, width = args["height"], args["width"]
+        if height is None and width is None:
+            height, width = pipe.video_processor.calculate_default_height_width(
+                pipe.default_aspect_ratio[1], pipe.default_aspect_ratio[0], pipe.target_size)
+        height, width, num_frames = self.check_geometry(height, width, args["num_frames"], config.round_num_frames)
+        pipe._attention_kwargs = args["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = args["prompt"]
+        prompt_batch = 1 if isinstance(prompt, str) else (len(prompt) if prompt is not None
+                                                          else args["prompt_embeds"].shape[0])
+        batch = prompt_batch * int(args["num_videos_per_prompt"])
+        dtype = pipe.transformer.dtype
+        image_tokens = int(pipe.vision_num_semantic_tokens)
+        image_embeds = self.image_embeds(args, batch, device, dtype)
+        image_valid = self.image_tokens_valid()
+        conds = [self._encode(args, device, prompt_batch, negative=False)]
+        if pipe.guider._enabled and pipe.guider.num_conditions > 1:
+            conds.append(self._encode(args, device, prompt_batch, negative=True))
+        names = ("cond", "uncond")
+        conditions = []
+        for name, (embeds, mask, embeds2, mask2, lengths) in zip(names, conds):
+            kwargs = dict(encoder_hidden_states=embeds, encoder_attention_mask=mask, encoder_hidden_states_2=embeds2,
+                          encoder_attention_mask_2=mask2, image_embeds=image_embeds,
+                          attention_kwargs=args["attention_kwargs"], return_dict=False)
+            conditions.append(Condition(name, kwargs, [n + image_valid for n in lengths],
+                                        image_tokens + embeds.shape[1] + embeds2.shape[1]))
+        return Prepared(batch=batch, height=height, width=width, num_frames=num_frames,
+                        num_steps=int(args["num_inference_steps"]), device=device, dtype=dtype,
+                        latent_channels=self.latent_channels(), conditions=conditions, guidance=None,
+                        generator=args["generator"], latents=args["latents"], output_type=args["output_type"],
+                        return_dict=args["return_dict"], callback=None, callback_inputs=[], sigmas=args["sigmas"],
+                        extra=self.extra(args, batch, device, dtype, height, width, num_frames))
+
+    # T2V specifics, overridden by the I2V adapter
+    def image_embeds(self, args, batch, device, dtype):
+        return torch.zeros(batch, self.pipe.vision_num_semantic_tokens, self.pipe.vision_states_dim, dtype=dtype,
+                           device=device)
+
+    def image_tokens_valid(self) -> int:
+        return 0
+
+    def extra(self, args, batch, device, dtype, height, width, num_frames) -> Dict[str, Any]:
+        return {}
+
+    def guided_velocity(self, prep: Prepared, step: int, timestep, run_condition) -> torch.Tensor:
+        """Runs the model once per guider batch (as the pipeline does) and combines with `pipe.guider`.
+
+        run_condition(condition, guider_batch_name) -> velocity for that condition.
+        """
+        guider = self.pipe.guider
+        by_mask = {id(c.kwargs["encoder_attention_mask"]): c for c in prep.conditions}
+        guider_inputs = {
+            "encoder_hidden_states": tuple(c.kwargs["encoder_hidden_states"] for c in prep.conditions) + (None,) * (2 - len(prep.conditions)),
+            "encoder_attention_mask": tuple(c.kwargs["encoder_attention_mask"] for c in prep.conditions) + (None,) * (2 - len(prep.conditions)),
+        }
+        guider.set_state(step=step, num_inference_steps=prep.num_steps, timestep=timestep)
+        guider_state = guider.prepare_inputs(guider_inputs)
+        for batch in guider_state:
+            guider.prepare_models(self.pipe.transformer)
+            condition = by_mask[id(getattr(batch, "encoder_attention_mask"))]
+            batch.noise_pred = run_condition(condition, getattr(batch, guider._identifier_key))
+            guider.cleanup_models(self.pipe.transformer)
+        return guider(guider_state)[0]
+
+    def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
+        latents = latents.to(prep.dtype)
+        batch, channels, frames, height, width = latents.shape
+        cond = torch.zeros_like(latents)
+        mask = torch.zeros(batch, 1, frames, height, width, dtype=prep.dtype, device=latents.device)
+        return torch.cat([latents, cond, mask], dim=1)
+
+    def prepare_noise(self, prep: Prepared, shape, generator, latents=None) -> torch.Tensor:
+        t, h, w = shape
+        noise = self.pipe.prepare_latents(prep.batch, prep.latent_channels, h * self.spatial_factor,
+                                          w * self.spatial_factor, (t - 1) * 4 + 1, prep.dtype, prep.device,
+                                          generator, latents)
+        return noise
+
+    def output(self, prep: Prepared, video):
+        from diffusers.pipelines.hunyuan_video1_5.pipeline_output import HunyuanVideo15PipelineOutput
+        if not prep.return_dict:
+            return (video,)
+        return HunyuanVideo15PipelineOutput(frames=video)
+
+
+ADAPTERS = {
+    "HunyuanVideoPipeline": HunyuanVideoAdapter,
+    "HunyuanVideo15Pipeline": HunyuanVideo15Adapter,
+}
+
+
+def original_class(pipe) -> type:
+    """The pipeline's own class (not our per-instance DVG subclass)."""
+    cls = type(pipe)
+    return getattr(cls, "_dvg_original_class", cls)
+
+
+def adapter_for(pipe) -> Adapter:
+    cls = original_class(pipe)
+    for klass in cls.__mro__:
+        if klass.__name__ in ADAPTERS:
+            return ADAPTERS[klass.__name__](pipe)
+        if klass.__name__ in SUPPORTED_PIPELINES:
+            raise NotImplementedError(
+                f"{klass.__name__} is a supported pipeline family but its DVG adapter is not available in this "
+                f"build; available: {', '.join(sorted(ADAPTERS))}")
+    raise TypeError(f"compile_pipeline: pipe={cls.__name__} is not supported; supported pipelines: "
+                    f"{', '.join(SUPPORTED_PIPELINES)}")

@@ -1,0 +1,560 @@
+"""`compile_pipeline`: DVG sampling for the diffusers HunyuanVideo / HunyuanVideo-1.5 pipelines.
+
+    pipe = compile_pipeline(pipe, budget=0.5)   # the same object; pipe(...) now runs DVG
+    pipe.dvg.last_report                         # what DVG did (schema `REPORT_SCHEMA_VERSION`)
+    pipe.dvg.restore()                           # exact undo
+
+How it attaches (no global monkey-patching):
+
+* the pipeline instance's class is swapped for a per-class subclass whose `__call__` has the original's
+  signature (``functools.wraps``) and runs the engine's denoising loop; `restore()` puts the original
+  class back on the instance;
+* the transformer's joint-attention processors are wrapped per instance with
+  `transformer.set_attn_processor` (`dvg_engine.processors`); the token refiner keeps its own. Outside
+  a DVG call the wrappers call the originals, so a transformer shared via `from_pipe` is unaffected;
+  `restore()` puts the very same original processor objects back.
+
+The denoising loop (dvg-spec.md §12): prompts are encoded and stage-0 noise drawn with the pipeline's
+own methods (the noise at the stage-0 shape, from the user's generator); each step runs the model on the
+current stage's latents; at a transition step x̂0 is formed, at the first transition the demands are
+read (the one device→host value read per generation) and each sample (plan_scope="sample") or the batch
+("batch") is planned, the schedule is re-shifted (`sampling.StageSchedule`), and x̂0 is resampled to
+the next stage and re-noised with the coordinate-bound noise. Samples whose plans differ are kept in
+per-plan groups; each group's forward runs through the packed varlen attention.
+
+`callback_on_step_end` (HunyuanVideo pipelines) receives `latents` at the *current stage's* shape, so
+its shape changes at the transition steps; when the samples of a batch follow different plans it
+receives a list of per-sample tensors ``(1, C, T_b, H_b, W_b)`` instead of one tensor. A callback may
+return replacement latents of the same shape(s).
+
+Host reads per generation: the text-mask lengths once at prompt encoding (to validate the prefix masks
+and size the packed attention), the demands once at planning. The step loop itself reads nothing
+back (the HunyuanVideo-1.5 transformer's own forward does a few reads of its own: its T2V/I2V switch
+and the boolean-mask gathers of its text reordering).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import _checks, adapters, processors
+from .config import DVGConfig
+from .ops import _registry
+
+REPORT_SCHEMA_VERSION = 1
+
+# The engine relies on diffusers internals (processor call conventions, pipeline method names, the
+# transformers' forward layout), checked against these releases.
+SUPPORTED_DIFFUSERS = ((0, 35), (0, 43))  # [min, max) as (major, minor)
+
+
+def _check_diffusers_version() -> str:
+    import diffusers
+    version = diffusers.__version__
+    try:
+        major, minor = (int(p) for p in version.split(".")[:2])
+    except ValueError:  # e.g. a dev build with an odd tag: let it through, the calls will tell
+        return version
+    low, high = SUPPORTED_DIFFUSERS
+    if not low <= (major, minor) < high:
+        raise ImportError(f"dvg_engine.engine supports diffusers >={low[0]}.{low[1]},<{high[0]}.{high[1]} (it relies "
+                          f"on the HunyuanVideo pipelines' and transformers' internals); found diffusers {version}. "
+                          f"Install a supported release, e.g. pip install 'diffusers>={low[0]}.{low[1]},<{high[0]}.{high[1]}'")
+    return version
+
+
+DIFFUSERS_VERSION = _check_diffusers_version()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------
+
+class DVGHandle:
+    """`pipe.dvg`: the configuration, the last generation's report, and `restore()`."""
+
+    def __init__(self, pipe, config: DVGConfig, original_class: type) -> None:
+        self._pipe = pipe
+        self.config = config
+        self.original_class = original_class
+        self.last_report: Optional[Dict[str, Any]] = None
+        self.active = True
+        self._transformers: List[Any] = []
+
+    def restore(self):
+        """Undo `compile_pipeline`: the original class and the very same original attention processors come
+        back, so the pipeline behaves bit-identically to one that was never compiled. Returns the pipeline."""
+        pipe = self._pipe
+        if not self.active:
+            return pipe
+        for transformer in self._transformers:
+            processors.uninstall(transformer)
+        self._transformers.clear()
+        pipe.__class__ = self.original_class
+        self.active = False
+        if pipe.__dict__.get("dvg") is self:
+            del pipe.__dict__["dvg"]
+        return pipe
+
+    def __repr__(self) -> str:
+        return f"DVGHandle(active={self.active}, config={self.config!r})"
+
+
+def compile_pipeline(pipe, config: Optional[DVGConfig] = None, **overrides):
+    """Make `pipe` run DVG; returns the same object (see the module docstring).
+
+    pipe: a HunyuanVideoPipeline, HunyuanVideoImageToVideoPipeline, HunyuanVideo15Pipeline or
+    HunyuanVideo15ImageToVideoPipeline. config: a `DVGConfig` (default: the faithful defaults);
+    overrides: `DVGConfig` fields (e.g. budget=0.5, plan_scope="batch"), applied on top of `config`.
+    Calling it again on a compiled pipeline replaces the configuration (no stacking).
+    """
+    adapter = adapters.adapter_for(pipe)  # raises for unsupported classes, naming the supported ones
+    if config is None:
+        existing = pipe.__dict__.get("dvg")
+        config = existing.config if isinstance(existing, DVGHandle) and existing.active else DVGConfig()
+    elif not isinstance(config, DVGConfig):
+        _checks.fail("config", config, "a dvg_engine.DVGConfig or None", TypeError)
+    config = config.replace(**overrides) if overrides else config.replace()
+    handle = pipe.__dict__.get("dvg")
+    if isinstance(handle, DVGHandle) and handle.active:
+        handle.config = config
+        return pipe
+    original = adapters.original_class(pipe)
+    handle = DVGHandle(pipe, config, original)
+    processors.install(pipe.transformer, adapter.model)
+    handle._transformers.append(pipe.transformer)
+    pipe.__class__ = _dvg_subclass(original)
+    pipe.__dict__["dvg"] = handle
+    return pipe
+
+
+_SUBCLASSES: Dict[type, type] = {}
+
+
+def _dvg_subclass(cls: type) -> type:
+    """A subclass of the pipeline class whose `__call__` runs DVG (same signature and docs)."""
+    if cls in _SUBCLASSES:
+        return _SUBCLASSES[cls]
+    original_call = cls.__call__
+
+    @functools.wraps(original_call)
+    def __call__(self, *args, **kwargs):
+        return _Generation(self, original_call, args, kwargs).run()
+
+    sub = type(cls.__name__, (cls,), {"__call__": __call__, "_dvg_original_class": cls,
+                                       "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                       "__doc__": cls.__doc__})
+    _SUBCLASSES[cls] = sub
+    return sub
+
+
+# ---------------------------------------------------------------------------------------------------
+# One generation
+# ---------------------------------------------------------------------------------------------------
+
+class _Group:
+    """Samples that follow the same plan (and so share stage shapes): their latents are one tensor."""
+
+    def __init__(self, indices: List[int], plan, latents: torch.Tensor) -> None:
+        self.indices = indices
+        self.plan = plan
+        self.latents = latents
+
+
+class _FullSchedule:
+    """enabled=False: the pipeline's own scheduler, exactly as the diffusers loop drives it."""
+
+    def __init__(self, pipe, num_steps: int, device, sigmas) -> None:
+        import numpy as np
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+        self.scheduler = pipe.scheduler
+        sigmas = np.linspace(1.0, 0.0, num_steps + 1)[:-1] if sigmas is None else sigmas
+        self.timesteps, self.num_steps = retrieve_timesteps(self.scheduler, num_steps, device, sigmas=sigmas)
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)
+        self.stage = 0
+
+    def model_timestep(self, i: int) -> torch.Tensor:
+        return self.timesteps[i]
+
+    def is_transition(self, i: int) -> bool:
+        return False
+
+    def euler_step(self, x, v, i):
+        return self.scheduler.step(v, self.timesteps[i], x, return_dict=False)[0]
+
+
+class _Generation:
+    def __init__(self, pipe, original_call, args, kwargs) -> None:
+        self.pipe = pipe
+        self.handle: DVGHandle = pipe.__dict__["dvg"]
+        self.config: DVGConfig = self.handle.config
+        self.adapter = adapters.adapter_for(pipe)
+        bound = inspect.signature(original_call).bind(pipe, *args, **kwargs)
+        bound.apply_defaults()
+        self.args = dict(bound.arguments)
+        self.args.pop(next(iter(inspect.signature(original_call).parameters)))  # self
+        self.layouts: Dict[Any, processors.PackedAttention] = {}
+        self.timings: Dict[str, float] = {}
+        self.forward_shapes: List[Tuple[int, ...]] = []
+
+    # ---- entry ----
+    def run(self):
+        backend = None if self.config.backend == "auto" else self.config.backend
+        with torch.no_grad(), _registry.use_backend(backend):
+            transformer = self.pipe.transformer
+            self.state = processors.install(transformer, self.adapter.model)
+            if transformer not in self.handle._transformers:
+                self.handle._transformers.append(transformer)
+            self.prep = self.adapter.prepare(self.args, self.config)
+            if self.config.enabled:
+                return self._run_dvg()
+            return self._run_full()
+
+    # ---- model evaluation ----
+    def _tokens(self, shape) -> int:
+        t, h, w = shape
+        pt, ph, pw = self.adapter.patch
+        return (t // pt) * (h // ph) * (w // pw)
+
+    def _layout(self, shape, condition, indices) -> processors.PackedAttention:
+        key = (tuple(shape), condition.name, tuple(indices))
+        layout = self.layouts.get(key)
+        if layout is None:
+            n = self._tokens(shape)
+            layout = processors.PackedAttention.prefix([n + length for length in condition.text_lengths],
+                                                       n + condition.text_seq_len, self.prep.device)
+            self.layouts[key] = layout
+        return layout
+
+    def _velocity_group(self, group_latents, indices, axes, timestep_value, step) -> torch.Tensor:
+        prep = self.prep
+        transformer = self.pipe.transformer
+        hidden = self.adapter.model_input(prep, group_latents, axes, indices)
+        timestep = timestep_value.expand(group_latents.shape[0]).to(group_latents.dtype)
+        shape = tuple(group_latents.shape[2:])
+
+        def run_condition(condition, cache_name):
+            condition = condition.select(indices)
+            layout = self._layout(shape, condition, indices)
+            self.forward_shapes.append(tuple(hidden.shape))
+            with self.state.activate(layout), transformer.cache_context(cache_name):
+                return transformer(hidden_states=hidden, timestep=timestep, **condition.kwargs)[0]
+
+        if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
+            return self.adapter.guided_velocity(prep, step, timestep_value, run_condition)
+        preds = [run_condition(c, c.name) for c in prep.conditions]
+        return prep.guidance(preds)
+
+    # ---- enabled=False: full resolution, our attention path ----
+    def _run_full(self):
+        prep, pipe = self.prep, self.pipe
+        schedule = _FullSchedule(pipe, prep.num_steps, prep.device, prep.sigmas)
+        full_shape = self._latent_shape(prep)
+        latents = self.adapter.prepare_noise(prep, full_shape, prep.generator, prep.latents)
+        pipe._num_timesteps = len(schedule.timesteps)
+        start = time.perf_counter()
+        with pipe.progress_bar(total=prep.num_steps) as bar:
+            bar.set_postfix_str(f"full grid {'x'.join(map(str, full_shape))}")
+            for i in range(prep.num_steps):
+                if pipe.interrupt:
+                    continue
+                t = schedule.model_timestep(i)
+                pipe._current_timestep = t
+                velocity = self._velocity_group(latents, list(range(prep.batch)), None, t, i)
+                latents = schedule.euler_step(latents, velocity, i)
+                latents = self._callback(i, t, [_Group(list(range(prep.batch)), None, latents)])[0].latents
+                bar.update()
+        pipe._current_timestep = None
+        loop_time = time.perf_counter() - start
+        video = self.adapter.decode(prep, latents)
+        pipe.maybe_free_model_hooks()
+        tokens = self._tokens(full_shape)
+        self.handle.last_report = {
+            "schema_version": REPORT_SCHEMA_VERSION, "enabled": False, "pipeline": type(pipe).__name__,
+            "model": self.adapter.model, "config": self.config.to_dict(), "num_steps": prep.num_steps,
+            "latent_shape": list(full_shape), "forward_shapes": [list(s) for s in self.forward_shapes],
+            "samples": [{"stage_shapes": [list(full_shape)], "token_steps": tokens * prep.num_steps,
+                         "full_token_steps": tokens * prep.num_steps, "token_step_ratio": 1.0}
+                        for _ in range(prep.batch)],
+            "time_s": {"loop": loop_time},
+        }
+        return self.adapter.output(prep, video)
+
+    def _latent_shape(self, prep) -> Tuple[int, int, int]:
+        f = self.adapter.spatial_factor
+        return ((prep.num_frames - 1) // 4 + 1, prep.height // f, prep.width // f)
+
+    # ---- DVG ----
+    def _check_steps(self, num_steps: int) -> None:
+        from .planner import transition_steps
+        steps = transition_steps(num_steps)
+        last = num_steps - 1
+        if len(steps) < 3 or steps[-1] >= last:
+            if steps and steps[-1] >= last:
+                raise ValueError(f"num_inference_steps={num_steps} puts a DVG transition at the final step "
+                                 f"({steps[-1]}); allowed: at least 5 steps")
+            if not self.config.allow_fewer_stages:
+                raise ValueError(
+                    f"num_inference_steps={num_steps} gives the transition steps {list(steps)}: only {len(steps) + 1} "
+                    f"distinct stages instead of 4 (the output would stay at stage {len(steps)}'s size); allowed: at "
+                    f"least 5 steps, or allow_fewer_stages=True to accept it")
+
+    def _seeds(self, indices: Sequence[int]) -> List[int]:
+        from .sampling import transition_seed
+        config = self.config
+        if config.transition_noise == "reference":
+            return [config.noise_seed] * len(indices)
+        generator = self.prep.generator
+        out = []
+        for b in indices:
+            if isinstance(generator, list):
+                out.append(transition_seed("seeded", int(generator[b].initial_seed()), 0))
+            else:
+                seed = int(generator.initial_seed()) if generator is not None else int(torch.initial_seed())
+                out.append(transition_seed("seeded", seed, b))
+        return out
+
+    def _plans(self, grid, x0: torch.Tensor, budget: float) -> List[Any]:
+        """One plan per sample: from config.plan (a replayed report plan, explicit demands) or from x̂0."""
+        from . import planner
+        config, batch = self.config, self.prep.batch
+        replay = config.plan
+        if replay is None:
+            return planner.plan_from_x0(grid, self.prep.num_steps, budget, x0, plan_scope=config.plan_scope,
+                                        budget_accounting=config.budget_accounting,
+                                        budget_fallback=config.budget_fallback, check_shape=False)
+        entries = replay if isinstance(replay, (list, tuple)) else [replay] * batch
+        if len(entries) != batch:
+            _checks.fail("plan", replay, f"one plan/demands entry, or a list of {batch} (one per sample)")
+        plans = []
+        for b, entry in enumerate(entries):
+            if isinstance(entry, planner.Plan):
+                plan = entry
+            elif isinstance(entry, dict) and "stage_shapes" in entry:
+                plan = planner.Plan.from_dict(entry["plan"] if "plan" in entry else entry)
+            elif isinstance(entry, dict) and {"spatial_demand", "temporal_demand"} <= set(entry):
+                plan = planner.plan_stages(grid, self.prep.num_steps, budget, entry["spatial_demand"],
+                                           entry["temporal_demand"], budget_accounting=config.budget_accounting,
+                                           budget_fallback=config.budget_fallback)
+            else:
+                _checks.fail(f"plan[{b}]", entry, "a planner.Plan, a plan dict from a report, or "
+                                                  "{'spatial_demand': S, 'temporal_demand': M}")
+            if plan.grid.latent_shape != grid.latent_shape or plan.num_steps != self.prep.num_steps:
+                _checks.fail(f"plan[{b}]", entry, f"a plan for latent grid {grid.latent_shape} and "
+                                                  f"{self.prep.num_steps} steps (got {plan.grid.latent_shape}, "
+                                                  f"{plan.num_steps} steps)")
+            plans.append(plan)
+        return plans
+
+    def _transition_group(self, x0: torch.Tensor, src_axes, dst_axes, to_stage: int, seeds: List[int],
+                          sigma: torch.Tensor) -> torch.Tensor:
+        from . import sampling
+        anchors = sampling.stage_anchors(src_axes, dst_axes)
+        dst_shape = tuple(len(a) for a in dst_axes)
+        up = sampling.resize_to_stage(x0.float(), dst_shape, *anchors)
+        if to_stage == 1:
+            up = sampling.smooth_first_transition(up, padding=self.config.smoothing_padding)
+        fields: Dict[int, torch.Tensor] = {}
+        for seed in seeds:
+            if seed not in fields:
+                fields[seed] = sampling.coordinate_noise(*dst_axes, x0.shape[1], seed, dtype=torch.float32,
+                                                         device=x0.device)
+        noise = fields[seeds[0]] if len(fields) == 1 else torch.cat([fields[s] for s in seeds], dim=0)
+        return sampling.renoise(up, noise, sigma.to(x0.device))
+
+    def _run_dvg(self):
+        from . import planner, sampling
+        prep, pipe, config, adapter = self.prep, self.pipe, self.config, self.adapter
+        if prep.sigmas is not None:
+            _checks.fail("sigmas", prep.sigmas, "None with DVG enabled (DVG re-shifts the schedule per stage; "
+                                                "pass enabled=False to use custom sigmas)")
+        num_steps = prep.num_steps
+        self._check_steps(num_steps)
+        grid = planner.full_grid(adapter.model, prep.height, prep.width, prep.num_frames)
+        # Before any model compute: an infeasible budget fails here, stating the feasible range.
+        budget = planner.check_budget(grid, num_steps, config.budget, budget_accounting=config.budget_accounting,
+                                      budget_fallback=config.budget_fallback)
+        initial = planner.initial_plan(grid, num_steps, budget, budget_accounting=config.budget_accounting)
+        schedule = sampling.StageSchedule(num_steps, adapter.model, adapter.stage0_shift(), config.stage_shifts,
+                                          hv15_timesteps=config.hv15_timesteps)
+        stage0_shape = tuple(initial.stage_shapes[0])
+        latents = adapter.prepare_noise(prep, stage0_shape, prep.generator, prep.latents)
+        if tuple(latents.shape[2:]) != stage0_shape:
+            _checks.fail("latents", prep.latents, f"a tensor of the stage-0 shape (B, C, {stage0_shape[0]}, "
+                                                  f"{stage0_shape[1]}, {stage0_shape[2]}) with DVG enabled")
+        groups = [_Group(list(range(prep.batch)), initial, latents)]
+        pipe._num_timesteps = num_steps
+        stage_times = [0.0, 0.0, 0.0, 0.0]
+        transition_time = 0.0
+        calls = [0, 0, 0, 0]
+        sync = prep.device.type == "cuda"
+        demands: List[Optional[Dict[str, float]]] = [None] * prep.batch
+        loop_start = time.perf_counter()
+        with pipe.progress_bar(total=num_steps) as bar:
+            bar.set_postfix_str(self._stage_text(0, groups))
+            for i in range(num_steps):
+                if pipe.interrupt:
+                    continue
+                stage = schedule.stage
+                step_start = time.perf_counter()
+                t = torch.tensor(schedule.model_timestep(i), dtype=torch.float32, device=prep.device)
+                pipe._current_timestep = t
+                velocities = [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, i)
+                              for g in groups]
+                calls[stage] += 1
+                if schedule.is_transition(i):
+                    if sync:
+                        torch.cuda.synchronize(prep.device)
+                    mid = time.perf_counter()
+                    stage_times[stage] += mid - step_start
+                    sigma_x0 = schedule.x0_sigma(i)
+                    x0s = [sampling.x0_from_velocity(g.latents, v, sigma_x0) for g, v in zip(groups, velocities)]
+                    if stage == 0:
+                        x0 = x0s[0]
+                        plans = self._plans(grid, x0, budget)
+                        for b, plan in enumerate(plans):
+                            demands[b] = {"spatial_demand": plan.spatial_demand,
+                                          "temporal_demand": plan.temporal_demand}
+                        groups, x0s = self._regroup(plans, x0)
+                    info = schedule.begin_transition(i)
+                    sigma_new = schedule.sigmas[info.renoise_sigma_index]
+                    new_groups = []
+                    for g, x0 in zip(groups, x0s):
+                        nxt = self._transition_group(x0, g.plan.stage_axes[stage], g.plan.stage_axes[stage + 1],
+                                                     stage + 1, self._seeds(g.indices), sigma_new)
+                        new_groups.append(_Group(g.indices, g.plan, nxt.to(prep.dtype)))
+                    groups = new_groups
+                    if sync:
+                        torch.cuda.synchronize(prep.device)
+                    transition_time += time.perf_counter() - mid
+                    bar.set_postfix_str(self._stage_text(schedule.stage, groups))
+                else:
+                    for g, v in zip(groups, velocities):
+                        g.latents = schedule.euler_step(g.latents, v, i)
+                    stage_times[stage] += time.perf_counter() - step_start
+                groups = self._callback(i, t, groups)
+                bar.update()
+        if sync:
+            torch.cuda.synchronize(prep.device)
+        loop_time = time.perf_counter() - loop_start
+        pipe._current_timestep = None
+        video = self._decode(groups)
+        pipe.maybe_free_model_hooks()
+        self.handle.last_report = self._report(grid, budget, schedule, groups, demands, calls, stage_times,
+                                               transition_time, loop_time)
+        return adapter.output(prep, video)
+
+    def _regroup(self, plans, x0: torch.Tensor):
+        """Split the batch into groups of samples with identical plans (first-appearance order)."""
+        keyed: Dict[Any, List[int]] = {}
+        for b, plan in enumerate(plans):
+            keyed.setdefault((plan.stage_shapes, plan.stage_axes), []).append(b)
+        groups, x0s = [], []
+        for indices in keyed.values():
+            index = torch.tensor(indices, device=x0.device)
+            part = x0 if len(indices) == x0.shape[0] else x0.index_select(0, index)
+            groups.append(_Group(indices, plans[indices[0]], None))
+            x0s.append(part)
+        return groups, x0s
+
+    def _stage_text(self, stage: int, groups) -> str:
+        shapes = sorted({tuple(g.latents.shape[2:]) if g.latents is not None else tuple(g.plan.stage_shapes[stage])
+                         for g in groups})
+        return f"DVG stage {stage} grid " + ", ".join("x".join(map(str, s)) for s in shapes)
+
+    def _callback(self, i, t, groups):
+        prep = self.prep
+        if prep.callback is None:
+            return groups
+        if len(groups) == 1:
+            latents_view = groups[0].latents
+        else:
+            per_sample = {}
+            for g in groups:
+                for j, b in enumerate(g.indices):
+                    per_sample[b] = g.latents[j:j + 1]
+            latents_view = [per_sample[b] for b in range(prep.batch)]
+        available = {"latents": latents_view, "prompt_embeds": prep.extra.get("prompt_embeds")}
+        kwargs = {k: available[k] for k in prep.callback_inputs if k in available}
+        outputs = prep.callback(self.pipe, i, t, kwargs) or {}
+        new = outputs.pop("latents", None)
+        if new is None or new is latents_view:
+            return groups
+        if len(groups) == 1:
+            if not isinstance(new, torch.Tensor) or new.shape != groups[0].latents.shape:
+                _checks.fail("callback_on_step_end()['latents']", new,
+                             f"a tensor of the current stage's shape {tuple(groups[0].latents.shape)}")
+            groups[0].latents = new
+            return groups
+        if not isinstance(new, (list, tuple)) or len(new) != prep.batch:
+            _checks.fail("callback_on_step_end()['latents']", new, f"a list of {prep.batch} per-sample tensors")
+        for g in groups:
+            g.latents = torch.cat([new[b] for b in g.indices], dim=0)
+        return groups
+
+    def _decode(self, groups):
+        prep = self.prep
+        if len(groups) == 1:
+            return self.adapter.decode(prep, groups[0].latents)
+        shapes = {tuple(g.latents.shape[2:]) for g in groups}
+        order = sorted((b, g, j) for g in groups for j, b in enumerate(g.indices))
+        if len(shapes) == 1:
+            latents = torch.cat([g.latents[j:j + 1] for _, g, j in order], dim=0)
+            return self.adapter.decode(prep, latents)
+        # Only with allow_fewer_stages: samples end at different (non-full) sizes.
+        return [self.adapter.decode(prep, g.latents[j:j + 1]) for _, g, j in order]
+
+    # ---- report ----
+    def _report(self, grid, budget, schedule, groups, demands, calls, stage_times, transition_time, loop_time):
+        prep = self.prep
+        heads = self.pipe.transformer.config.num_attention_heads
+        head_dim = self.pipe.transformer.config.attention_head_dim
+        executed = tuple(calls)
+        full_tokens = self._tokens(grid.latent_shape)
+        samples = [None] * prep.batch
+        for g in groups:
+            plan = g.plan
+            tokens = [self._tokens(s) for s in plan.stage_shapes]
+            for j, b in enumerate(g.indices):
+                text = prep.conditions[0].text_lengths[b]
+                token_steps = sum(n * c for n, c in zip(tokens, executed))
+                attn = sum(c * 4 * heads * head_dim * (n + text) ** 2 for n, c in zip(tokens, executed))
+                attn_full = prep.num_steps * 4 * heads * head_dim * (full_tokens + text) ** 2
+                samples[b] = {
+                    "demands": demands[b],
+                    "plan": plan.to_dict(),
+                    "chosen": {"s2": plan.s2, "t23": plan.t23, "t1": plan.t1, "density": plan.density},
+                    "stage_shapes": [list(s) for s in plan.stage_shapes],
+                    "stage_axes": [[list(a) for a in axes] for axes in plan.stage_axes],
+                    "tokens_per_stage": tokens,
+                    "text_tokens": text,
+                    "token_steps": token_steps,
+                    "full_token_steps": full_tokens * prep.num_steps,
+                    "token_step_ratio": token_steps / (full_tokens * prep.num_steps),
+                    "attention_flops_per_layer": attn,
+                    "full_attention_flops_per_layer": attn_full,
+                    "attention_flop_ratio": attn / attn_full,
+                }
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "enabled": True,
+            "pipeline": type(self.pipe).__name__,
+            "model": self.adapter.model,
+            "config": self.config.to_dict(),
+            "budget": self.config.budget,
+            "budget_used": budget,
+            "num_steps": prep.num_steps,
+            "grid": grid.to_dict(),
+            "transition_steps": list(schedule.transition_steps),
+            "executed_model_calls": list(executed),
+            "transitions": [vars(info) for info in schedule.history],
+            "forward_shapes": [list(s) for s in self.forward_shapes],
+            "samples": samples,
+            "time_s": {"per_stage": stage_times, "transitions": transition_time, "loop": loop_time},
+        }

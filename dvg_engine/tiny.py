@@ -1,0 +1,229 @@
+"""Embedded tiny pipelines: real diffusers HunyuanVideo classes built from small configs with
+random (seeded) weights, so the demo, the CLI tests and the engine tests run with nothing downloaded.
+
+What is tiny and what is not:
+- the transformer is the real `HunyuanVideoTransformer3DModel` (patch 1×2×2, the real RoPE split
+  scaled to the head dim, head dim 64 by default so every kernel path is exercised);
+- the text encoders are a `LlamaModel` and a `CLIPTextModel` from small configs;
+- the tokenizers are built locally with the `tokenizers` library (no vocabulary file, no download):
+  a WordPiece model whose vocabulary holds the words of the pipeline's prompt template, a short list
+  of common words, and every printable ASCII character as a stand-alone piece and a `##`
+  continuation piece, so any plain prompt string tokenises without unknown tokens. The Llama-side
+  tokenizer splits the HunyuanVideo prompt template into exactly `crop_start` (= 95) tokens, as the
+  real Llama-3 tokenizer does, so the pipeline's crop removes the template and keeps the prompt;
+- the VAE is the real `AutoencoderKLHunyuanVideo` (8× spatial, 4× causal temporal) with few channels.
+
+Everything round-trips through `save_pretrained` / `DiffusionPipeline.from_pretrained` on a local
+folder, which is how `dvg generate --model PATH` is tested.
+"""
+from __future__ import annotations
+
+import re
+import string
+from typing import Dict, Tuple
+
+import torch
+
+from ._checks import check_choice, check_int
+
+__all__ = [
+    "TINY_HUNYUAN_VIDEO",
+    "build_llama_tokenizer",
+    "build_clip_tokenizer",
+    "tiny_hunyuan_video_pipeline",
+    "save_tiny_pipeline",
+]
+
+# Default sizes of the embedded HunyuanVideo: attention-dominated at demo resolutions (4 heads × 64),
+# yet a full 20-step generation of two 33-frame 256×256 videos takes seconds on 2 CPU cores.
+TINY_HUNYUAN_VIDEO: Dict[str, int] = {
+    "num_attention_heads": 4,
+    "attention_head_dim": 64,
+    "num_layers": 2,
+    "num_single_layers": 2,
+    "num_refiner_layers": 1,
+    "latent_channels": 4,
+    "text_hidden_size": 32,
+    "clip_hidden_size": 32,
+}
+
+# Llama-3 special tokens as spelt in the HunyuanVideo prompt template.
+_LLAMA_SPECIALS = ("<pad>", "<unk>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+_CLIP_SPECIALS = ("<|endoftext|>", "<unk>", "<|startoftext|>")
+
+# A few hundred common words keep typical prompts readable as whole-word tokens; anything else falls
+# back to characters, never to the unknown token.
+_COMMON_WORDS = """
+a an the and or of in on at to with from by for over under into through across along near far above below
+is are was were be being been it its this that these those there here while as
+cat dog horse bird fish cow sheep lion tiger bear fox wolf deer rabbit person man woman child people
+car boat train plane bicycle ship road street city town village house building bridge tower castle
+tree trees forest flower flowers grass field meadow garden mountain mountains hill hills valley river
+lake sea ocean beach wave waves sand desert snow rain storm cloud clouds sky sun moon star stars night
+day morning evening sunset sunrise light dark shadow fire smoke water ice wind
+red orange yellow green blue purple pink brown black white gray grey golden silver
+big small large tiny tall short long wide old young new fast slow bright dim warm cold calm wild
+running walking flying swimming jumping dancing galloping driving floating falling rising spinning
+moving standing sitting sleeping eating playing rolling drifting crashing flowing glowing
+camera close up wide shot aerial view slow motion pan zoom tracking cinematic realistic
+photo video scene style detailed high quality beautiful dramatic colorful soft sharp
+""".split()
+
+
+def _wordpiece_tokenizer(specials, template_words, *, lowercase: bool, keep_space_before_digit: bool,
+                         post_single: str, post_specials):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab: Dict[str, int] = {}
+    for token in specials:
+        vocab.setdefault(token, len(vocab))
+    vocab.setdefault("\n\n", len(vocab))
+    vocab.setdefault(" ", len(vocab))
+    for char in string.printable.strip():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault("##" + char, len(vocab))
+    for word in list(template_words) + _COMMON_WORDS:
+        vocab.setdefault(word.lower() if lowercase else word, len(vocab))
+
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=200))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    # Whitespace separates words and is dropped, except (Llama side) a space before a digit, which the
+    # Llama-3 tokenizer keeps as its own token: that is what makes the template prefix 95 tokens long.
+    # "\n\n" stays one token, as in Llama-3.
+    drop = r"[ \t]+(?!\d)|(?<!\n)\n(?!\n)" if keep_space_before_digit else r"\s+"
+    keep = r"\n\n|\w+|[^\w\s]|[ \t]+" if keep_space_before_digit else r"\w+|[^\w\s]"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(drop), behavior="removed"),
+        pre_tokenizers.Split(Regex(keep), behavior="isolated"),
+    ])
+    tok.add_special_tokens(list(specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single=post_single, special_tokens=[(name, vocab[name]) for name in post_specials])
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def build_llama_tokenizer():
+    """A fast tokenizer standing in for HunyuanVideo's Llama-3 tokenizer (built locally, no files).
+
+    Returns a `transformers.PreTrainedTokenizerFast` with `<pad>` padding on the right (so text masks
+    are prefix masks, as the pipeline assumes), a `<|begin_of_text|>` prefix, and a vocabulary under 400.
+    """
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+    from transformers import PreTrainedTokenizerFast
+
+    template = DEFAULT_PROMPT_TEMPLATE["template"].replace("{}", " ")
+    words = re.findall(r"\w+", template)
+    tok = _wordpiece_tokenizer(_LLAMA_SPECIALS, words, lowercase=False, keep_space_before_digit=True,
+                               post_single="<|begin_of_text|> $A", post_specials=["<|begin_of_text|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", padding_side="right",
+                                   model_max_length=1024)
+
+
+def build_clip_tokenizer():
+    """A fast tokenizer standing in for CLIP's (lower-cased, `<|startoftext|> … <|endoftext|>`).
+
+    The end token is appended to every sequence and is also the pad token, so `CLIPTextModel`'s pooled
+    output (taken at the first end token) is well defined for every prompt.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _wordpiece_tokenizer(_CLIP_SPECIALS, [], lowercase=True, keep_space_before_digit=False,
+                               post_single="<|startoftext|> $A <|endoftext|>",
+                               post_specials=["<|startoftext|>", "<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", unk_token="<unk>",
+                                   bos_token="<|startoftext|>", eos_token="<|endoftext|>", padding_side="right",
+                                   model_max_length=77)
+
+
+def _rope_axes_dim(head_dim: int) -> Tuple[int, int, int]:
+    # HunyuanVideo splits the head dim 16/56/56 (t/h/w) at 128; keep the temporal share at 1/8 and split
+    # the rest evenly. Each part must be even for the rotary pairs.
+    t = max(2, (head_dim // 8) // 2 * 2)
+    rest = head_dim - t
+    h = rest // 2 // 2 * 2
+    return (t, h, rest - h)
+
+
+def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, attention_head_dim: int = 64,
+                                num_layers: int = 2, num_single_layers: int = 2, num_refiner_layers: int = 1,
+                                latent_channels: int = 4, vae_channels: int = 4, dtype: torch.dtype = torch.float32,
+                                shift: float = 7.0):
+    """A `HunyuanVideoPipeline` (text-to-video) with random weights, built from configs.
+
+    seed: weights are drawn under `torch.manual_seed(seed)` (the global RNG state is restored after),
+    so two calls with the same arguments give bit-identical pipelines.
+    attention_head_dim: 64 or 128 are what the varlen attention kernels support; anything even ≥ 8 builds.
+    Returns the pipeline on CPU in `dtype` (the VAE stays float32: its group norms are unstable in half).
+    """
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    check_int("seed", seed)
+    for name, value in (("num_attention_heads", num_attention_heads), ("num_layers", num_layers),
+                        ("num_single_layers", num_single_layers), ("num_refiner_layers", num_refiner_layers),
+                        ("latent_channels", latent_channels), ("vae_channels", vae_channels)):
+        check_int(name, value, minimum=1)
+    check_int("attention_head_dim", attention_head_dim, minimum=8)
+    if attention_head_dim % 2:
+        raise ValueError(f"attention_head_dim={attention_head_dim} is odd; allowed: an even integer >= 8 "
+                         f"(rotary embeddings rotate pairs of channels)")
+    check_choice("dtype", dtype, (torch.float32, torch.float16, torch.bfloat16))
+    if vae_channels % 4:
+        raise ValueError(f"vae_channels={vae_channels} is not a multiple of 4; allowed: multiples of 4 "
+                         f"(the VAE's group norm uses 4 groups)")
+
+    tokenizer = build_llama_tokenizer()
+    tokenizer_2 = build_clip_tokenizer()
+    text_hidden = TINY_HUNYUAN_VIDEO["text_hidden_size"]
+    clip_hidden = TINY_HUNYUAN_VIDEO["clip_hidden_size"]
+
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        text_encoder = LlamaModel(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+            # The pipeline reads hidden_states[-3] (it skips the last two layers), so three layers are the least.
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-6))
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=clip_hidden, intermediate_size=2 * clip_hidden,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=clip_hidden,
+            pad_token_id=tokenizer_2.pad_token_id, bos_token_id=tokenizer_2.bos_token_id,
+            eos_token_id=tokenizer_2.eos_token_id))
+        transformer = HunyuanVideoTransformer3DModel(
+            in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim, num_layers=num_layers, num_single_layers=num_single_layers,
+            num_refiner_layers=num_refiner_layers, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+            qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=text_hidden,
+            pooled_projection_dim=clip_hidden, rope_theta=256.0, rope_axes_dim=_rope_axes_dim(attention_head_dim))
+        vae = AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=latent_channels,
+            block_out_channels=(vae_channels,) * 4, layers_per_block=1, norm_num_groups=4,
+            spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=False)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+
+    pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+    for module in (text_encoder, text_encoder_2, transformer, vae):
+        module.eval()
+    if dtype != torch.float32:
+        transformer.to(dtype)
+        text_encoder.to(dtype)
+        text_encoder_2.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path, **kwargs) -> str:
+    """Build `tiny_hunyuan_video_pipeline(**kwargs)` and `save_pretrained` it to `path` (a folder that
+    `DiffusionPipeline.from_pretrained(path)` and `dvg generate --model PATH` load offline). Returns str(path)."""
+    pipe = tiny_hunyuan_video_pipeline(**kwargs)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return str(path)

@@ -1,0 +1,269 @@
+"""Triton kernels for varlen token packing with the fused HunyuanVideo 3-D RoPE.
+
+Layout (see dvg_engine/ops/pack.py for the full contract): sample b's packed segment
+`[cu_seqlens[b], cu_seqlens[b+1])` holds its latent tokens (rows `[cu_latent[b], cu_latent[b+1])` of
+`latent (total_latent, heads, head_dim)`) followed by the valid prefix of its text tokens
+`text[b, :text_len_b]` with `text_len_b = seg_len_b − latent_len_b`.
+
+Pack: one program per block of BLOCK_T *output* tokens; each token finds its sample by counting the
+`cu_seqlens` entries at or below it (a loop over the batch of scalar loads, cheap for the small batches
+of video generation), gathers its row from latent or text, and loops over heads so the RoPE cos/sin of a
+token (which depend on the token and the channel pair, not the head) are computed once per program and
+reused by every head of q and of k.
+
+RoPE (fused variant): angle = pos · inv_freq[pair] in fp32 (the rounding diffusers does), reduced to
+[−π, π] in fp64 before the fp32 cos/sin, because the GPU's fast trig loses accuracy for the angles of up
+to a few hundred radians that large grids produce. Interleaved pairs are handled without strided loads:
+the tile `x (BLOCK_T, HEAD_DIM)` is loaded coalesced, and its pair partner `x[d ^ 1]` by a second load of
+the same (cached) lines, so `out = x·cos + (±x[d ^ 1])·sin` with − on even channels.
+
+Unpack: one program per block of output rows over a virtual index space: the `total_latent` latent rows
+followed by the `B·text_len` padded text rows; text rows past a sample's valid text get zeros.
+
+All offsets are int64 (a 720p step has >100k tokens × 3072 channels).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+TWO_PI = 2.0 * math.pi
+INV_TWO_PI = 1.0 / TWO_PI
+
+
+@triton.jit
+def _sample_of(position, Cu, num_samples):
+    """Sample index of each position: the number of cu[1..B-1] entries that are <= position."""
+    sample = tl.zeros_like(position)
+    for k in range(1, num_samples):
+        bound = tl.load(Cu + k).to(tl.int64)
+        sample += (bound <= position).to(tl.int64)
+    return sample
+
+
+@triton.jit
+def _pack_kernel(
+    Lat, Txt, Out, Lat2, Txt2, Out2,
+    CuLat, CuSeq, Grid, InvFreq,
+    total, num_samples, text_len, heads,
+    stride_lat_tok, stride_lat_head,
+    stride_txt_b, stride_txt_tok, stride_txt_head,
+    stride_lat2_tok, stride_lat2_head,
+    stride_txt2_b, stride_txt2_tok, stride_txt2_head,
+    stride_out_tok, stride_out_head,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_SECOND: tl.constexpr, APPLY_ROPE: tl.constexpr, ROPE_PAIRS_T: tl.constexpr, ROPE_PAIRS_H: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    position = pid * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    row_ok = position < total
+    sample = _sample_of(position, CuSeq, num_samples)
+    seg_start = tl.load(CuSeq + sample, mask=row_ok, other=0).to(tl.int64)
+    lat_start = tl.load(CuLat + sample, mask=row_ok, other=0).to(tl.int64)
+    lat_len = tl.load(CuLat + sample + 1, mask=row_ok, other=0).to(tl.int64) - lat_start
+    local = position - seg_start
+    is_lat = row_ok & (local < lat_len)
+    is_txt = row_ok & (local >= lat_len)
+    text_col = local - lat_len
+
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    lat_mask = is_lat[:, None] & d_ok[None, :]
+    txt_mask = is_txt[:, None] & d_ok[None, :]
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    lat_row = tl.where(is_lat, lat_start + local, 0)
+    txt_b = tl.where(is_txt, sample, 0)
+    txt_t = tl.where(is_txt, text_col, 0)
+
+    if APPLY_ROPE:
+        grid_h = tl.load(Grid + sample * 3 + 1, mask=is_lat, other=1).to(tl.int64)
+        grid_w = tl.load(Grid + sample * 3 + 2, mask=is_lat, other=1).to(tl.int64)
+        plane = tl.maximum(grid_h * grid_w, 1)
+        grid_w = tl.maximum(grid_w, 1)
+        pos_t = local // plane
+        pos_h = (local % plane) // grid_w
+        pos_w = local % grid_w
+        pair = d // 2
+        axis_pos = tl.where((pair < ROPE_PAIRS_T)[None, :], pos_t[:, None],
+                            tl.where((pair < ROPE_PAIRS_T + ROPE_PAIRS_H)[None, :], pos_h[:, None], pos_w[:, None]))
+        inv_freq = tl.load(InvFreq + pair, mask=d_ok, other=0.0)
+        angle = axis_pos.to(tl.float32) * inv_freq[None, :]
+        # Range reduction in fp64 (exact enough for |angle| < 1e6): fast fp32 trig is only accurate near 0.
+        angle64 = angle.to(tl.float64)
+        turns = tl.floor(angle64 * INV_TWO_PI + 0.5)
+        reduced = (angle64 - turns * TWO_PI).to(tl.float32)
+        cos = tl.cos(reduced)
+        sin = tl.sin(reduced)
+        # even channel 2i: x[2i]·cos − x[2i+1]·sin; odd channel 2i+1: x[2i+1]·cos + x[2i]·sin
+        sign = tl.where((d % 2) == 0, -1.0, 1.0)
+        partner = d ^ 1
+
+    for head in range(heads):
+        lat_off = lat_row[:, None] * stride_lat_tok + head * stride_lat_head
+        txt_off = txt_b[:, None] * stride_txt_b + txt_t[:, None] * stride_txt_tok + head * stride_txt_head
+        out_off = position[:, None] * stride_out_tok + head * stride_out_head + d[None, :]
+        x = tl.load(Lat + lat_off + d[None, :], mask=lat_mask, other=0.0)
+        if APPLY_ROPE:
+            x_partner = tl.load(Lat + lat_off + partner[None, :], mask=lat_mask, other=0.0)
+            rotated = x.to(tl.float32) * cos + (sign[None, :] * x_partner.to(tl.float32)) * sin
+            x = rotated.to(x.dtype)
+        x = tl.where(lat_mask, x, tl.load(Txt + txt_off + d[None, :], mask=txt_mask, other=0.0))
+        tl.store(Out + out_off, x, mask=out_mask)
+        if HAS_SECOND:
+            lat_off2 = lat_row[:, None] * stride_lat2_tok + head * stride_lat2_head
+            txt_off2 = txt_b[:, None] * stride_txt2_b + txt_t[:, None] * stride_txt2_tok + head * stride_txt2_head
+            y = tl.load(Lat2 + lat_off2 + d[None, :], mask=lat_mask, other=0.0)
+            if APPLY_ROPE:
+                y_partner = tl.load(Lat2 + lat_off2 + partner[None, :], mask=lat_mask, other=0.0)
+                rotated2 = y.to(tl.float32) * cos + (sign[None, :] * y_partner.to(tl.float32)) * sin
+                y = rotated2.to(y.dtype)
+            y = tl.where(lat_mask, y, tl.load(Txt2 + txt_off2 + d[None, :], mask=txt_mask, other=0.0))
+            tl.store(Out2 + out_off, y, mask=out_mask)
+
+
+@triton.jit
+def _unpack_kernel(
+    Packed, OutLat, OutTxt, CuLat, CuSeq,
+    total_latent, num_samples, text_len, heads,
+    stride_packed_tok, stride_packed_head,
+    stride_lat_tok, stride_lat_head,
+    stride_txt_b, stride_txt_tok, stride_txt_head,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    total_text = num_samples * text_len
+    is_lat = row < total_latent
+    txt_row = row - total_latent
+    is_txt_row = (row >= total_latent) & (txt_row < total_text)
+    safe_len = tl.maximum(text_len, 1)
+
+    lat_sample = _sample_of(row, CuLat, num_samples)
+    txt_sample = tl.where(is_txt_row, txt_row // safe_len, 0)
+    txt_col = tl.where(is_txt_row, txt_row % safe_len, 0)
+    sample = tl.where(is_lat, lat_sample, txt_sample)
+    any_row = is_lat | is_txt_row
+    seg_start = tl.load(CuSeq + sample, mask=any_row, other=0).to(tl.int64)
+    seg_end = tl.load(CuSeq + sample + 1, mask=any_row, other=0).to(tl.int64)
+    lat_start = tl.load(CuLat + sample, mask=any_row, other=0).to(tl.int64)
+    lat_len = tl.load(CuLat + sample + 1, mask=any_row, other=0).to(tl.int64) - lat_start
+    text_valid = is_txt_row & (txt_col < seg_end - seg_start - lat_len)
+    src = tl.where(is_lat, seg_start + row - lat_start, seg_start + lat_len + txt_col)
+    src = tl.where(is_lat | text_valid, src, 0)
+
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    read_mask = (is_lat | text_valid)[:, None] & d_ok[None, :]
+    lat_store = is_lat[:, None] & d_ok[None, :]
+    txt_store = is_txt_row[:, None] & d_ok[None, :]
+    lat_dst = tl.where(is_lat, row, 0)
+    for head in range(heads):
+        x = tl.load(Packed + src[:, None] * stride_packed_tok + head * stride_packed_head + d[None, :],
+                    mask=read_mask, other=0.0)
+        tl.store(OutLat + lat_dst[:, None] * stride_lat_tok + head * stride_lat_head + d[None, :], x, mask=lat_store)
+        tl.store(OutTxt + txt_sample[:, None] * stride_txt_b + txt_col[:, None] * stride_txt_tok
+                 + head * stride_txt_head + d[None, :], x, mask=txt_store)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configs: one per head-dim size class (a copy has nothing to tune beyond a tile of ~4-8k elements).
+# ----------------------------------------------------------------------------------------------------
+
+def _config(block_d: int):
+    """(BLOCK_T, num_warps): tiles of about 4k elements, enough bytes in flight per program for a copy."""
+    block_t = max(1, min(64, 4096 // block_d))
+    num_warps = 4 if block_t * block_d <= 4096 else 8
+    return block_t, num_warps
+
+
+def _as_3d(x: torch.Tensor, leading: int) -> torch.Tensor:
+    """View (.., features) as (.., 1, features) so 2-D and 3-D token tensors share one kernel."""
+    return x.unsqueeze(leading) if x.dim() == leading + 1 else x
+
+
+def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, grid_sizes=None, inv_freq=None,
+                 rope_axes_dim=None):
+    lat3 = _as_3d(lat, 1)
+    txt3 = _as_3d(txt, 2)
+    heads, head_dim = lat3.shape[1], lat3.shape[2]
+    out = lat.new_empty((total, *lat.shape[1:]))
+    out2 = lat.new_empty((total, *lat.shape[1:])) if lat2 is not None else out
+    if total == 0 or heads == 0 or head_dim == 0:
+        return (out, out2) if lat2 is not None else out
+    out3 = _as_3d(out, 1)
+    lat2_3 = _as_3d(lat2, 1) if lat2 is not None else lat3
+    txt2_3 = _as_3d(txt2, 2) if txt2 is not None else txt3
+    out2_3 = _as_3d(out2, 1)
+    block_d = triton.next_power_of_2(head_dim)
+    block_t, num_warps = _config(block_d)
+    apply_rope = grid_sizes is not None
+    grid = (triton.cdiv(total, block_t),)
+    with torch.cuda.device(lat.device) if lat.device.type == "cuda" else _nullcontext():
+        _pack_kernel[grid](
+            lat3, txt3, out3, lat2_3, txt2_3, out2_3,
+            cu_latent, cu_seqlens, grid_sizes if apply_rope else cu_seqlens, inv_freq if apply_rope else out3,
+            total, cu_seqlens.shape[0] - 1, txt3.shape[1], heads,
+            lat3.stride(0), lat3.stride(1),
+            txt3.stride(0), txt3.stride(1), txt3.stride(2),
+            lat2_3.stride(0), lat2_3.stride(1),
+            txt2_3.stride(0), txt2_3.stride(1), txt2_3.stride(2),
+            out3.stride(0), out3.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+            HAS_SECOND=lat2 is not None, APPLY_ROPE=apply_rope,
+            ROPE_PAIRS_T=(rope_axes_dim[0] // 2) if apply_rope else 0,
+            ROPE_PAIRS_H=(rope_axes_dim[1] // 2) if apply_rope else 0,
+            num_warps=num_warps,
+        )
+    return (out, out2) if lat2 is not None else out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def pack_tokens(latent, text, cu_latent, cu_seqlens, total):
+    """latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim) → packed (total, [heads,] dim)."""
+    return _launch_pack(latent, text, cu_latent, cu_seqlens, total)
+
+
+def pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim,
+                 total):
+    """Pack q and k (each (total_latent, heads, head_dim) + (B, text_len, heads, head_dim)) applying the
+    3-D RoPE to latent tokens; returns (q_packed, k_packed), each (total, heads, head_dim)."""
+    return _launch_pack(q_latent, q_text, cu_latent, cu_seqlens, total, k_latent, k_text, grid_sizes, inv_freq,
+                        rope_axes_dim)
+
+
+def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len):
+    """packed (total, [heads,] dim) → latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim)."""
+    batch = cu_seqlens.shape[0] - 1
+    latent = packed.new_empty((total_latent, *packed.shape[1:]))
+    text = packed.new_empty((batch, text_len, *packed.shape[1:]))
+    packed3 = _as_3d(packed, 1)
+    heads, head_dim = packed3.shape[1], packed3.shape[2]
+    rows = total_latent + batch * text_len
+    if rows == 0 or heads == 0 or head_dim == 0:
+        return latent, text
+    lat3 = _as_3d(latent, 1)
+    txt3 = _as_3d(text, 2)
+    block_d = triton.next_power_of_2(head_dim)
+    block_t, num_warps = _config(block_d)
+    grid = (triton.cdiv(rows, block_t),)
+    with torch.cuda.device(packed.device) if packed.device.type == "cuda" else _nullcontext():
+        _unpack_kernel[grid](
+            packed3, lat3, txt3, cu_latent, cu_seqlens,
+            total_latent, batch, text_len, heads,
+            packed3.stride(0), packed3.stride(1),
+            lat3.stride(0), lat3.stride(1),
+            txt3.stride(0), txt3.stride(1), txt3.stride(2),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+            num_warps=num_warps,
+        )
+    return latent, text

@@ -1,0 +1,311 @@
+"""Varlen (packed) attention forward in Triton, FlashAttention-2 style.
+
+Math, per packed sequence b and query head h (kv head h // (heads_q // heads_kv)):
+
+    S   = softmax_scale · Q_b,h K_b,hᵀ                       (len_q, len_k)
+    Out = softmax(S) V_b,h                                    (len_q, head_dim)
+    LSE = log Σ_j exp(S_ij)                                   (len_q,)   natural log, fp32
+
+Layouts (the `flash_attn_varlen_func` convention):
+
+    q   (total_q, heads_q, head_dim)   k, v (total_k, heads_kv, head_dim)   last dim contiguous
+    cu_seqlens_q, cu_seqlens_k         int32 (batch + 1,), sequence b is rows [cu[b], cu[b+1])
+    out (total_q, heads_q, head_dim)   lse (heads_q, total_q) fp32
+
+Algorithm: one program per (query block of BLOCK_M rows, sequence, query head). It reads its
+sequence bounds from cu_seqlens on the device (no host sync; the grid is sized from the host-side
+max_seqlen_q), keeps running row maxima / sums in fp32 (online softmax, exponentials in base 2 with
+log2(e) folded into the scale), and sweeps the key blocks of its sequence: all full blocks without
+masks, then one masked tail block. Rows of a sequence with no keys are written as zeros with
+LSE = -inf. Heads dims that are not a power of two are padded to BLOCK_D with masked loads.
+
+Limits: non-causal, no dropout (inference), head_dim ≤ 256 with head_dim % 8 == 0, fp16 / bf16 /
+fp32 (fp32 dots run in IEEE precision, not TF32, so fp32 results match an fp32 reference).
+This module is pure kernel code: argument checking lives in `dvg_engine.ops.attention`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import List, Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _attn_block_sweep(acc, l_i, m_i, q, K_block_ptrs, V_block_ptrs, stride_k_tok, stride_v_tok,
+                      block_start, block_end, seqlen_k, qk_scale_log2, offs_n, offs_d,
+                      HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                      MASK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online-softmax update of (acc, l_i, m_i) over the key blocks starting at block_start < block_end;
+    K_block_ptrs / V_block_ptrs point at the block that starts at block_start and are returned advanced."""
+    for start_n in range(block_start, block_end, BLOCK_N):
+        if MASK_N:
+            n_mask = (start_n + offs_n) < seqlen_k
+            if EVEN_D:
+                kv_mask = n_mask[:, None]
+            else:
+                kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(K_block_ptrs, mask=kv_mask, other=0.0)
+        else:
+            if EVEN_D:
+                k = tl.load(K_block_ptrs)
+            else:
+                k = tl.load(K_block_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASK_N:
+            qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        # softmax_scale > 0 is validated on the host, so scaling commutes with the max and -inf stays -inf.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale_log2)
+        qk = qk * qk_scale_log2 - m_new[:, None]
+        p = tl.math.exp2(qk)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASK_N:
+            # other=0 matters for V: a NaN past the end of the buffer times p = 0 would still be NaN.
+            v = tl.load(V_block_ptrs, mask=kv_mask, other=0.0)
+        else:
+            if EVEN_D:
+                v = tl.load(V_block_ptrs)
+            else:
+                v = tl.load(V_block_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+        # Pointer increments are 64-bit; an int32 start_n * stride product could overflow.
+        K_block_ptrs += BLOCK_N * stride_k_tok
+        V_block_ptrs += BLOCK_N * stride_v_tok
+    return acc, l_i, m_i, K_block_ptrs, V_block_ptrs
+
+
+@triton.jit
+def _varlen_attention_fwd_kernel(
+        Q, K, V, Out, Lse, CuSeqlensQ, CuSeqlensK,
+        qk_scale_log2,
+        stride_q_tok, stride_q_head, stride_k_tok, stride_k_head, stride_v_tok, stride_v_head,
+        stride_o_tok, stride_o_head, stride_lse_head,
+        heads_per_kv,
+        seqlen_q_bucket, seqlen_k_bucket,  # autotuning keys only (log2 buckets of max_seqlen)
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        RETURN_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # tl.dot needs every block dimension >= 16 on a GPU; the interpreter would accept less.
+    tl.static_assert(BLOCK_M >= 16)
+    tl.static_assert(BLOCK_N >= 16)
+    tl.static_assert(BLOCK_D >= 16)
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
+
+    start_m = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)
+
+    q_start = tl.load(CuSeqlensQ + seq)
+    seqlen_q = tl.load(CuSeqlensQ + seq + 1) - q_start
+    if start_m * BLOCK_M >= seqlen_q:
+        return
+    k_start = tl.load(CuSeqlensK + seq)
+    seqlen_k = tl.load(CuSeqlensK + seq + 1) - k_start
+    kv_head = head // heads_per_kv
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # int64 for the scalar base offsets: a 120k-token stream × 3072 channels passes 2**31 elements.
+    row0 = q_start.to(tl.int64) + start_m * BLOCK_M
+    Q_block_ptrs = Q + row0 * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :]
+    K_block_ptrs = (K + k_start.to(tl.int64) * stride_k_tok + kv_head * stride_k_head
+                    + offs_n[:, None] * stride_k_tok + offs_d[None, :])
+    V_block_ptrs = (V + k_start.to(tl.int64) * stride_v_tok + kv_head * stride_v_head
+                    + offs_n[:, None] * stride_v_tok + offs_d[None, :])
+
+    row_mask = (start_m * BLOCK_M + offs_m) < seqlen_q
+    if EVEN_D:
+        q_mask = row_mask[:, None]
+    else:
+        q_mask = row_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q_block_ptrs, mask=q_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i, K_block_ptrs, V_block_ptrs = _attn_block_sweep(
+        acc, l_i, m_i, q, K_block_ptrs, V_block_ptrs, stride_k_tok, stride_v_tok, 0, full_end, seqlen_k,
+        qk_scale_log2, offs_n, offs_d, HEAD_DIM, BLOCK_N, EVEN_D, False, DOT_PRECISION)
+    acc, l_i, m_i, K_block_ptrs, V_block_ptrs = _attn_block_sweep(
+        acc, l_i, m_i, q, K_block_ptrs, V_block_ptrs, stride_k_tok, stride_v_tok, full_end, seqlen_k, seqlen_k,
+        qk_scale_log2, offs_n, offs_d, HEAD_DIM, BLOCK_N, EVEN_D, True, DOT_PRECISION)
+
+    # A sequence with no keys leaves l_i = 0: its rows are defined as zeros (LSE = -inf), not 0/0.
+    has_keys = l_i > 0.0
+    inv_l = 1.0 / tl.where(has_keys, l_i, 1.0)
+    out = acc * inv_l[:, None]
+    O_block_ptrs = Out + row0 * stride_o_tok + head * stride_o_head + offs_m[:, None] * stride_o_tok + offs_d[None, :]
+    tl.store(O_block_ptrs, out.to(Out.dtype.element_ty), mask=q_mask)
+    if RETURN_LSE:
+        lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(Lse + head * stride_lse_head + row0 + offs_m, lse, mask=row_mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """One launch configuration: tile sizes and the launch parameters Triton takes."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def to_triton(self) -> triton.Config:
+        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n},
+                             num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+# (block_m, block_n, num_warps, num_stages). BLOCK_M 128 with 8 warps keeps Hopper's warpgroup MMA fed;
+# the 64-row configs serve short sequences (more programs) and Ampere-class shared memory.
+_CONFIG_SPACE: Sequence[AttentionConfig] = tuple(AttentionConfig(*c) for c in (
+    (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4),
+    (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2),
+    (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2),
+))
+
+# One config under the interpreter: autotuning several fails there, and small tiles keep tests fast.
+INTERPRETER_CONFIG = AttentionConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+# Configs that do not fit a device raise OutOfResources at compile time and the autotuner skips them;
+# this bound drops, before any compile, those that cannot fit even an H100's 227 KiB of shared memory.
+SHARED_MEMORY_BUDGET = 224 * 1024
+
+
+def shared_memory_estimate(config: AttentionConfig, block_d: int, element_bytes: int = 2) -> int:
+    """Bytes of shared memory for the Q tile plus num_stages buffered K and V tiles."""
+    return (config.block_m + 2 * max(1, config.num_stages) * config.block_n) * block_d * element_bytes
+
+
+def keep(config: AttentionConfig, block_d: int, element_bytes: int = 2) -> bool:
+    """Prune configurations that cannot fit or cannot pay off for this head dim and element size."""
+    if shared_memory_estimate(config, block_d, element_bytes) > SHARED_MEMORY_BUDGET:
+        return False
+    if block_d <= 64 and config.num_warps == 8 and config.block_n == 64:
+        return False  # too little work per warp to hide the softmax.
+    return True
+
+
+def candidate_configs(block_d: int, element_bytes: int = 2) -> List[AttentionConfig]:
+    """The configurations the autotuner tries for this head dim (one under the interpreter)."""
+    if _interpreting():
+        return [INTERPRETER_CONFIG]
+    kept = [c for c in _CONFIG_SPACE if keep(c, block_d, element_bytes)]
+    return kept or [min(_CONFIG_SPACE, key=lambda c: shared_memory_estimate(c, block_d, element_bytes))]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _prune(configs: List[triton.Config], named_args, **kwargs) -> List[triton.Config]:
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    element_bytes = named_args["Q"].element_size()
+    kept = [c for c in configs if keep(AttentionConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                                       c.num_stages), block_d, element_bytes)]
+    if kept:
+        return kept
+    return [min(configs, key=lambda c: shared_memory_estimate(
+        AttentionConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages), block_d, element_bytes))]
+
+
+def autotune_configs() -> List[triton.Config]:
+    if _interpreting():
+        return [INTERPRETER_CONFIG.to_triton()]
+    return [c.to_triton() for c in _CONFIG_SPACE]
+
+
+_varlen_attention_fwd_autotuned = triton.autotune(
+    configs=autotune_configs(),
+    key=["HEAD_DIM", "BLOCK_D", "RETURN_LSE", "DOT_PRECISION", "seqlen_q_bucket", "seqlen_k_bucket"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_varlen_attention_fwd_kernel)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------------
+
+def block_d_for(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _bucket(n: int) -> int:
+    return 0 if n <= 0 else int(math.ceil(math.log2(n)))
+
+
+def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                         max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
+                         return_lse: bool = False, *, out: Optional[torch.Tensor] = None,
+                         lse: Optional[torch.Tensor] = None, config: Optional[AttentionConfig] = None):
+    """Launch the kernel on already-validated inputs. Returns (out, lse); lse is an empty fp32 tensor
+    when `return_lse` is False.
+
+    q: (total_q, heads_q, head_dim); k, v: (total_k, heads_kv, head_dim), last dim contiguous.
+    cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,). max_seqlen_q sizes the grid and must be at least
+    the longest query sequence. `out` (total_q, heads_q, head_dim) with a contiguous last dim and `lse`
+    (heads_q, total_q) fp32 with contiguous rows may be given (tests poison them to prove every row is
+    written). `config` picks one launch configuration instead of autotuning (tests, benchmarks).
+    """
+    total_q, heads_q, head_dim = q.shape
+    heads_kv = k.shape[1]
+    if out is None:
+        out = torch.empty((total_q, heads_q, head_dim), dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty((heads_q, total_q) if return_lse else (0,), dtype=torch.float32, device=q.device)
+    batch = cu_seqlens_q.numel() - 1
+    if batch <= 0 or max_seqlen_q <= 0 or heads_q == 0 or total_q == 0:
+        if return_lse and lse.numel():
+            lse.fill_(float("-inf"))
+        return out, lse
+    lse_arg = lse if return_lse else out  # never dereferenced when RETURN_LSE is False
+    stride_lse_head = lse.stride(0) if return_lse else 0
+    common = dict(
+        HEAD_DIM=head_dim, BLOCK_D=block_d_for(head_dim), RETURN_LSE=bool(return_lse),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    args = (q, k, v, out, lse_arg, cu_seqlens_q, cu_seqlens_k, float(softmax_scale) * LOG2E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), stride_lse_head, heads_q // heads_kv,
+            _bucket(max_seqlen_q), _bucket(max_seqlen_k))
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        if config is not None:
+            grid = (triton.cdiv(max_seqlen_q, config.block_m), batch, heads_q)
+            _varlen_attention_fwd_kernel[grid](*args, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                                               num_warps=config.num_warps, num_stages=config.num_stages, **common)
+        else:
+            def grid(meta):
+                return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch, heads_q)
+            _varlen_attention_fwd_autotuned[grid](*args, **common)
+    return out, lse
+
+
+def best_config(head_dim: int, dtype: torch.dtype, return_lse: bool, max_seqlen_q: int,
+                max_seqlen_k: int) -> Optional[AttentionConfig]:
+    """The configuration the autotuner settled on for this key, if it has tuned one (for reports)."""
+    key_prefix = (head_dim, block_d_for(head_dim), bool(return_lse),
+                  "ieee" if dtype == torch.float32 else "tf32", _bucket(max_seqlen_q), _bucket(max_seqlen_k))
+    for key, cfg in getattr(_varlen_attention_fwd_autotuned, "cache", {}).items():
+        if tuple(key[:len(key_prefix)]) == key_prefix:
+            return AttentionConfig(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    return None
