@@ -10,6 +10,8 @@ Providers (each skipped, with the reason, when it cannot run here):
 * `dvg_triton`             the packed stream in one launch (autotuned).
 * `sdpa_<backend>_loop`    one SDPA call per sequence, on (1, heads, len, dim) views of the packed stream
                            (what a packed path without a varlen kernel does); backend ∈ flash, cudnn, efficient.
+* `sdpa_<backend>_nested`  SDPA on nested (jagged) tensors built on the packed stream: torch's own varlen
+                           path; backend ∈ flash, efficient.
 * `sdpa_<backend>_padded`  the batch padded to the longest sequence with a boolean key mask
                            (B, 1, 1, L), as diffusers' HunyuanVideo transformer calls SDPA.
 * `flash_attn_varlen`      `flash_attn_varlen_func`, when flash-attn is installed.
@@ -18,6 +20,7 @@ Usage:
     python benchmarks/bench_attention.py            # full table (+ --json PATH to save the rows)
     python benchmarks/bench_attention.py --quick    # two shapes
     python benchmarks/bench_attention.py --check    # GPU correctness sweep, prints PASS / FAIL, exit 1 on FAIL
+    python benchmarks/bench_attention.py --sweep    # every kernel config timed explicitly (for retuning)
 
 Works with torch ≥ 2.3 and triton ≥ 3.0 (the GPU host may be older than this repository's CPU env).
 """
@@ -129,8 +132,21 @@ def _providers(lens: Sequence[int], q, k, v, cu) -> Dict[str, Callable[[], Optio
             return fn
         return build
 
+    def nested(backend):
+        def build():
+            offsets64 = cu.long()
+            qn, kn, vn = (torch.nested.nested_tensor_from_jagged(t, offsets64).transpose(1, 2) for t in (q, k, v))
+
+            def fn():
+                with sdpa_kernel(_sdpa_backend(backend)):
+                    return F.scaled_dot_product_attention(qn, kn, vn)
+            return fn
+        return build
+
     for backend in ("flash", "cudnn", "efficient"):
         providers[f"sdpa_{backend}_loop"] = loop(backend)
+    for backend in ("flash", "efficient"):  # torch's own packed path: nested (jagged) tensors
+        providers[f"sdpa_{backend}_nested"] = nested(backend)
     for backend in ("cudnn", "efficient"):  # the flash backend takes no mask
         providers[f"sdpa_{backend}_padded"] = padded(backend)
 
@@ -176,6 +192,11 @@ def run(device: str = "cuda", quick: bool = False, dtype: torch.dtype = torch.bf
                 row.update(ms=None, tflops=None, ok=False, skipped=f"{type(exc).__name__}: {str(exc)[:160]}")
             torch.cuda.empty_cache()
             case_rows.append(row)
+        ours = next((r for r in case_rows if r["provider"] == "dvg_triton" and r["ok"]), None)
+        if ours is not None:
+            from dvg_engine.kernels.varlen_attention import best_config
+            chosen = best_config(HEAD_DIM, dtype, False, max(lens), max(lens))
+            ours["config"] = None if chosen is None else str(chosen)
         sdpa = [r for r in case_rows if r["ok"] and r["provider"].startswith("sdpa_")]
         ours = next((r for r in case_rows if r["provider"] == "dvg_triton" and r["ok"]), None)
         if ours is not None and sdpa:
@@ -187,6 +208,32 @@ def run(device: str = "cuda", quick: bool = False, dtype: torch.dtype = torch.bf
             if padded:
                 ours["vs_best_padded"] = min(r["ms"] for r in padded) / ours["ms"]
         rows.extend(case_rows)
+        del q, k, v, cu
+        torch.cuda.empty_cache()
+    return rows
+
+
+def sweep(device: str = "cuda", quick: bool = False, dtype: torch.dtype = torch.bfloat16) -> List[dict]:
+    """Time every candidate configuration explicitly (no autotuning) on each case: the data for retuning
+    `_CONFIG_SPACE` / `keep()` in kernels/varlen_attention.py."""
+    from dvg_engine.kernels import varlen_attention as kernels
+    rows = []
+    for case in (QUICK_CASES if quick else CASES):
+        lens = case["lens"]
+        q, k, v, cu = _packed_inputs(lens, dtype, device)
+        case_flops = flops(lens, lens, HEADS, HEAD_DIM)
+        configs = kernels.candidate_configs(kernels.block_d_for(HEAD_DIM), q.element_size(),
+                                            kernels.tma_supported(q, k, v))
+        for config in configs:
+            row = {"case": case["name"], "provider": f"config {config}", "total_tokens": sum(lens), "heads": HEADS,
+                   "head_dim": HEAD_DIM, "dtype": str(dtype).replace("torch.", ""), "flops": case_flops}
+            try:
+                ms = _time_ms(lambda: kernels.varlen_attention_fwd(q, k, v, cu, cu, max(lens), max(lens),
+                                                                   HEAD_DIM ** -0.5, False, config=config))
+                row.update(ms=ms, tflops=case_flops / (ms * 1e-3) / 1e12, ok=True)
+            except Exception as exc:
+                row.update(ms=None, tflops=None, ok=False, skipped=f"{type(exc).__name__}: {str(exc)[:160]}")
+            rows.append(row)
         del q, k, v, cu
         torch.cuda.empty_cache()
     return rows
@@ -204,6 +251,8 @@ def _print_table(rows: List[dict]) -> None:
                 extra = f"   {r['vs_best_sdpa']:.2f}x the fastest SDPA ({r['best_sdpa']})"
                 if "vs_best_padded" in r:
                     extra += f", {r['vs_best_padded']:.2f}x the padded-mask path"
+            if r.get("config"):
+                extra += f"   [{r['config']}]"
             print(f"  {r['provider']:<22} {r['ms']:9.3f} ms  {r['tflops']:7.1f} TFLOP/s{extra}")
         else:
             print(f"  {r['provider']:<22}   skipped: {r['skipped']}")
@@ -271,13 +320,16 @@ def check(device: str = "cuda") -> bool:
             if (hq, d) != (24, 128) or dtype == torch.float32:
                 continue
             block_d = kernels.block_d_for(d)
-            for config in kernels.candidate_configs(block_d):
+            for config in kernels.candidate_configs(block_d, q.element_size(), kernels.tma_supported(q, k, v)):
                 try:
                     out, lse = kernels.varlen_attention_fwd(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k),
                                                             1.0 / math.sqrt(d), True, config=config)
                     torch.cuda.synchronize()
                     compare(f"{config} " + label, q, k, v, cu_q, cu_k, out, lse)
                 except Exception as exc:
+                    if type(exc).__name__ == "OutOfResources":  # the autotuner skips these the same way
+                        print(f"SKIP  {config} {label}  does not fit this GPU: {exc}")
+                        continue
                     report(f"{config} " + label, False, f"raised {type(exc).__name__}: {exc}")
     print(f"\n{'PASS' if failures == 0 else 'FAIL'}: {total - failures}/{total} checks passed")
     return failures == 0
@@ -302,6 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes only")
     parser.add_argument("--check", action="store_true", help="GPU correctness sweep (PASS / FAIL), no timing")
+    parser.add_argument("--sweep", action="store_true", help="time every candidate kernel config explicitly")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--json", default=None, help="write the rows and the environment to this file")
     args = parser.parse_args(argv)
@@ -311,7 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in _environment().items()))
     if args.check:
         return 0 if check() else 1
-    rows = run(quick=args.quick, dtype=getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype)
+    rows = sweep(quick=args.quick, dtype=dtype) if args.sweep else run(quick=args.quick, dtype=dtype)
     _print_table(rows)
     if args.json:
         with open(args.json, "w") as fh:

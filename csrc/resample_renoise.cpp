@@ -231,7 +231,8 @@ void check_anchors(const char* name, const torch::Tensor& anchors, int64_t n_src
               "dvg::_cpp_resample_renoise: ", name, " must be a contiguous 1-D int32 tensor of ", n_src, " entries");
   const int32_t* a = anchors.data_ptr<int32_t>();
   // the kernel indexes with these values: checked here unconditionally (cheap, host memory)
-  TORCH_CHECK(a[0] == 0 && a[n_src - 1] == n_dst - 1, "dvg::_cpp_resample_renoise: ", name,
+  // a single source coordinate is the anchor [0] (a nested axis of size 1 is [0], dvg-spec §8)
+  TORCH_CHECK(a[0] == 0 && (n_src == 1 || a[n_src - 1] == n_dst - 1), "dvg::_cpp_resample_renoise: ", name,
               " must start at 0 and end at ", n_dst - 1);
   for (int64_t j = 1; j < n_src; ++j)
     TORCH_CHECK(a[j] > a[j - 1], "dvg::_cpp_resample_renoise: ", name, " must be strictly increasing (entry ", j,

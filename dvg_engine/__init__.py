@@ -34,6 +34,10 @@ _LAZY = {
     "feasible_budget_intervals": ("dvg_engine.planner", "feasible_budget_intervals"),
     "InfeasibleBudgetError": ("dvg_engine.planner", "InfeasibleBudgetError"),
     "compute_demands": ("dvg_engine.demands", "compute_demands"),
+    "initial_plan": ("dvg_engine.planner", "initial_plan"),
+    "check_budget": ("dvg_engine.planner", "check_budget"),
+    "plan_from_x0": ("dvg_engine.planner", "plan_from_x0"),
+    "Plan": ("dvg_engine.planner", "Plan"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -141,6 +141,10 @@ class Adapter:
     def prepare(self, args: Dict[str, Any], config) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def post_step(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices=None) -> torch.Tensor:
+        """Latents after an Euler step or a transition (token_replace pins frame 0 to the image)."""
+        return latents
+
     def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
         """The transformer's `hidden_states` for `latents` (B, C, T, H, W) at a stage with nested `stage_axes`."""
         return latents.to(prep.dtype)
@@ -178,10 +182,18 @@ class HunyuanVideoAdapter(Adapter):
     def latent_channels(self) -> int:
         return int(self.pipe.transformer.config.in_channels)
 
+    def _encode_extra(self, args, negative: bool) -> Dict[str, Any]:
+        return {}
+
+    def _check_inputs(self, args, height, width, callback_inputs) -> None:
+        self.pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
+                               args["prompt_template"])
+
     def _encode(self, args, device, transformer_dtype, negative: bool):
         pipe = self.pipe
         prefix = "negative_" if negative else ""
         embeds, pooled, mask = pipe.encode_prompt(
+            **self._encode_extra(args, negative),
             prompt=args[prefix + "prompt"], prompt_2=args[prefix + "prompt_2"],
             prompt_template=args["prompt_template"], num_videos_per_prompt=args["num_videos_per_prompt"],
             prompt_embeds=args[prefix + "prompt_embeds"], pooled_prompt_embeds=args[prefix + "pooled_prompt_embeds"],
@@ -200,8 +212,7 @@ class HunyuanVideoAdapter(Adapter):
             callback_inputs = callback.tensor_inputs
         height, width, num_frames = self.check_geometry(args["height"], args["width"], args["num_frames"],
                                                         config.round_num_frames)
-        pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
-                          args["prompt_template"])
+        self._check_inputs(args, height, width, callback_inputs)
         has_neg = args["negative_prompt"] is not None or (
             args["negative_prompt_embeds"] is not None and args["negative_pooled_prompt_embeds"] is not None)
         true_cfg = float(args["true_cfg_scale"])
@@ -233,25 +244,130 @@ class HunyuanVideoAdapter(Adapter):
         else:
             def combine(preds):
                 return preds[0]
-        return Prepared(batch=batch, height=height, width=width, num_frames=num_frames,
+        prep = Prepared(batch=batch, height=height, width=width, num_frames=num_frames,
                         num_steps=int(args["num_inference_steps"]), device=device, dtype=dtype,
                         latent_channels=self.latent_channels(), conditions=conditions, guidance=combine,
                         generator=args["generator"], latents=args["latents"], output_type=args["output_type"],
                         return_dict=args["return_dict"], callback=callback, callback_inputs=list(callback_inputs or []),
                         sigmas=args["sigmas"], extra={"prompt_embeds": embeds})
+        self._prepare_extra(prep, args)
+        return prep
 
-    def prepare_noise(self, prep: Prepared, shape, generator, latents=None) -> torch.Tensor:
+    def _prepare_extra(self, prep: Prepared, args) -> None:
+        pass
+
+    def prepare_noise(self, prep: Prepared, shape, generator, latents=None, stage_axes=None) -> torch.Tensor:
         """Stage noise (B, C, T, H, W) float32 from the user's generator, through the pipeline's own method."""
         t, h, w = shape
         return self.pipe.prepare_latents(prep.batch, prep.latent_channels, h * self.spatial_factor,
                                          w * self.spatial_factor, (t - 1) * 4 + 1, torch.float32, prep.device,
                                          generator, latents)
 
+
     def output(self, prep: Prepared, video):
         from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
         if not prep.return_dict:
             return (video,)
         return HunyuanVideoPipelineOutput(frames=video)
+
+
+def _subsample(image_latents: torch.Tensor, stage_axes) -> torch.Tensor:
+    """image_latents (B, C, 1, H, W) at full resolution -> rows/columns of the stage's nested axes (no filtering)."""
+    if stage_axes is None:
+        return image_latents
+    rows = torch.tensor(list(stage_axes[1]), device=image_latents.device)
+    cols = torch.tensor(list(stage_axes[2]), device=image_latents.device)
+    return image_latents.index_select(3, rows).index_select(4, cols)
+
+
+class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
+    """HunyuanVideoImageToVideoPipeline. The image latent is encoded once at full resolution and, per stage,
+    sub-sampled on the stage's nested (h, w) axes (dvg-spec §13's HunyuanVideo-1.5 rule, applied to this
+    layout): `latent_concat` puts it on frame 0 of the condition channels with a mask channel; `token_replace`
+    replaces latent frame 0 with it (frame 0 then gets its own t=0 modulation inside the transformer)."""
+
+    pipeline_class = "HunyuanVideoImageToVideoPipeline"
+
+    def latent_channels(self) -> int:
+        cfg = self.pipe.transformer.config
+        return (cfg.in_channels - 1) // 2 if cfg.image_condition_type == "latent_concat" else cfg.in_channels
+
+    @property
+    def condition_type(self) -> str:
+        return self.pipe.transformer.config.image_condition_type
+
+    def _check_inputs(self, args, height, width, callback_inputs) -> None:
+        self.pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
+                               args["prompt_template"], args["true_cfg_scale"], args["guidance_scale"])
+
+    def _encode_extra(self, args, negative: bool) -> Dict[str, Any]:
+        interleave = args["image_embed_interleave"]
+        if interleave is None:
+            interleave = {"latent_concat": 2, "token_replace": 4}.get(self.condition_type, 1)
+        if negative:
+            import PIL.Image
+            image = PIL.Image.new("RGB", (args["width"], args["height"]), 0)
+            return {"image": image}
+        return {"image": args["image"], "image_embed_interleave": interleave}
+
+    def _prepare_extra(self, prep: Prepared, args) -> None:
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import retrieve_latents
+        pipe = self.pipe
+        image = pipe.video_processor.preprocess(args["image"], prep.height, prep.width).to(prep.device, pipe.vae.dtype)
+        image = image.unsqueeze(2)
+        generator = prep.generator
+        # As the pipeline's prepare_latents: one encode per sample (argmax: the generator is not consumed)
+        if isinstance(generator, list):
+            latents = [retrieve_latents(pipe.vae.encode(image[i].unsqueeze(0)), generator[i], "argmax")
+                       for i in range(prep.batch)]
+        else:
+            latents = [retrieve_latents(pipe.vae.encode(img.unsqueeze(0)), generator, "argmax") for img in image]
+        latents = torch.cat(latents, dim=0).to(torch.float32) * pipe.vae_scaling_factor
+        if latents.shape[0] != prep.batch:  # one image for all videos of the prompt(s)
+            latents = latents.expand(prep.batch, -1, -1, -1, -1)
+        prep.extra["image_latents"] = latents
+
+    def prepare_noise(self, prep: Prepared, shape, generator, latents=None, stage_axes=None) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+        t, h, w = shape
+        if latents is None:
+            latents = randn_tensor((prep.batch, prep.latent_channels, t, h, w), generator=generator,
+                                   device=prep.device, dtype=torch.float32)
+        else:
+            latents = latents.to(device=prep.device, dtype=torch.float32)
+        image = _subsample(prep.extra["image_latents"], stage_axes).to(latents.dtype)
+        # the pipeline's initial blend of the image into the noise, on the stage-0 grid
+        mix = torch.tensor([0.999], device=prep.device)
+        return latents * mix + image.expand(-1, -1, t, -1, -1) * (1 - mix)
+
+    def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
+        index = torch.tensor(list(sample_indices), device=latents.device)
+        image = _subsample(prep.extra["image_latents"].index_select(0, index), stage_axes).to(latents.dtype)
+        if self.condition_type == "token_replace":
+            return torch.cat([image, latents[:, :, 1:]], dim=2).to(prep.dtype)
+        cond = torch.zeros_like(latents)
+        cond[:, :, :1] = image
+        mask = torch.zeros_like(latents[:, :1])
+        mask[:, :, 0] = 1
+        return torch.cat([latents, cond, mask], dim=1).to(prep.dtype)
+
+    def post_step(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices=None) -> torch.Tensor:
+        if self.condition_type != "token_replace":
+            return latents
+        indices = list(sample_indices) if sample_indices is not None else list(range(latents.shape[0]))
+        index = torch.tensor(indices, device=latents.device)
+        image = _subsample(prep.extra["image_latents"].index_select(0, index), stage_axes).to(latents.dtype)
+        return torch.cat([image, latents[:, :, 1:]], dim=2)
+
+    def decode(self, prep: Prepared, latents: torch.Tensor):
+        pipe = self.pipe
+        concat = self.condition_type == "latent_concat"
+        if prep.output_type == "latent":
+            return latents[:, :, 1:] if concat else latents
+        video = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae_scaling_factor, return_dict=False)[0]
+        if concat:
+            video = video[:, :, 4:]
+        return pipe.video_processor.postprocess_video(video, output_type=prep.output_type)
 
 
 class HunyuanVideo15Adapter(Adapter):
@@ -269,9 +385,6 @@ class HunyuanVideo15Adapter(Adapter):
     def latent_channels(self) -> int:
         return int(self.pipe.num_channels_latents)
 
-    def _image_tokens_valid(self, prep) -> int:
-        return 0  # T2V: the image tokens are all masked
-
     def _encode(self, args, device, batch, negative: bool):
         pipe = self.pipe
         prefix = "negative_" if negative else ""
@@ -284,20 +397,23 @@ class HunyuanVideo15Adapter(Adapter):
         lengths2 = prefix_lengths(prefix + "prompt_embeds_mask_2", mask2)
         return embeds, mask, embeds2, mask2, [a + b for a, b in zip(lengths, lengths2)]
 
-    def prepare(self, args: Dict[str, Any], config) -> Prepared:
+    _TEXT_ARGS = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "prompt_embeds_mask",
+                  "negative_prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2", "negative_prompt_embeds_2",
+                  "negative_prompt_embeds_mask_2")
+
+    def check_inputs_and_size(self, args: Dict[str, Any]) -> Tuple[int, int]:
+        """The pipeline's own input checks; returns the pixel (height, width) the pipeline would use."""
         pipe = self.pipe
-        pipe.check_inputs(prompt=args["prompt"], height=args["height"], width=args["width"],
-                          negative_prompt=args["negative_prompt"], prompt_embeds=args["prompt_embeds"],
-                          negative_prompt_embeds=args["negative_prompt_embeds"],
-                          prompt_embeds_mask=args["prompt_embeds_mask"],
-                          negative_prompt_embeds_mask=args["negative_prompt_embeds_mask"],
-                          prompt_embeds_2=args["prompt_embeds_2"], prompt_embeds_mask_2=args["prompt_embeds_mask_2"],
-                          negative_prompt_embeds_2=args["negative_prompt_embeds_2"],
-                          negative_prompt_embeds_mask_2=args["negative_prompt_embeds_mask_2"])
+        pipe.check_inputs(height=args["height"], width=args["width"], **{k: args[k] for k in self._TEXT_ARGS})
         height, width = args["height"], args["width"]
         if height is None and width is None:
             height, width = pipe.video_processor.calculate_default_height_width(
                 pipe.default_aspect_ratio[1], pipe.default_aspect_ratio[0], pipe.target_size)
+        return height, width
+
+    def prepare(self, args: Dict[str, Any], config) -> Prepared:
+        pipe = self.pipe
+        height, width = self.check_inputs_and_size(args)
         height, width, num_frames = self.check_geometry(height, width, args["num_frames"], config.round_num_frames)
         pipe._attention_kwargs = args["attention_kwargs"]
         pipe._current_timestep = None
@@ -310,7 +426,7 @@ class HunyuanVideo15Adapter(Adapter):
         dtype = pipe.transformer.dtype
         image_tokens = int(pipe.vision_num_semantic_tokens)
         image_embeds = self.image_embeds(args, batch, device, dtype)
-        image_valid = self.image_tokens_valid()
+        image_valid = self.image_tokens_valid(image_tokens)
         conds = [self._encode(args, device, prompt_batch, negative=False)]
         if pipe.guider._enabled and pipe.guider.num_conditions > 1:
             conds.append(self._encode(args, device, prompt_batch, negative=True))
@@ -334,8 +450,8 @@ class HunyuanVideo15Adapter(Adapter):
         return torch.zeros(batch, self.pipe.vision_num_semantic_tokens, self.pipe.vision_states_dim, dtype=dtype,
                            device=device)
 
-    def image_tokens_valid(self) -> int:
-        return 0
+    def image_tokens_valid(self, image_tokens: int) -> int:
+        return 0  # T2V: the transformer masks all image tokens (its `is_t2v` switch on all-zero image_embeds)
 
     def extra(self, args, batch, device, dtype, height, width, num_frames) -> Dict[str, Any]:
         return {}
@@ -367,7 +483,7 @@ class HunyuanVideo15Adapter(Adapter):
         mask = torch.zeros(batch, 1, frames, height, width, dtype=prep.dtype, device=latents.device)
         return torch.cat([latents, cond, mask], dim=1)
 
-    def prepare_noise(self, prep: Prepared, shape, generator, latents=None) -> torch.Tensor:
+    def prepare_noise(self, prep: Prepared, shape, generator, latents=None, stage_axes=None) -> torch.Tensor:
         t, h, w = shape
         noise = self.pipe.prepare_latents(prep.batch, prep.latent_channels, h * self.spatial_factor,
                                           w * self.spatial_factor, (t - 1) * 4 + 1, prep.dtype, prep.device,
@@ -381,7 +497,60 @@ class HunyuanVideo15Adapter(Adapter):
         return HunyuanVideo15PipelineOutput(frames=video)
 
 
+class HunyuanVideo15I2VAdapter(HunyuanVideo15Adapter):
+    """HunyuanVideo15ImageToVideoPipeline: the image latent (encoded once at full resolution) is sub-sampled on
+    each stage's nested (h, w) axes and placed on latent frame 0 with a mask channel, as the reference does;
+    the 729 SigLIP image tokens are attended."""
+
+    pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
+
+    def check_inputs_and_size(self, args: Dict[str, Any]) -> Tuple[int, int]:
+        pipe = self.pipe
+        image = args["image"]
+        pipe.check_inputs(image=image, **{k: args[k] for k in self._TEXT_ARGS})
+        height, width = pipe.video_processor.calculate_default_height_width(
+            height=image.size[1], width=image.size[0], target_size=pipe.target_size)
+        self._image = pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
+        return height, width
+
+    def image_embeds(self, args, batch, device, dtype):
+        return self.pipe.encode_image(image=self._image, batch_size=batch, device=device, dtype=dtype)
+
+    def image_tokens_valid(self, image_tokens: int) -> int:
+        return image_tokens
+
+    def extra(self, args, batch, device, dtype, height, width, num_frames) -> Dict[str, Any]:
+        pipe = self.pipe
+        latents = pipe._get_image_latents(vae=pipe.vae, image_processor=pipe.video_processor, image=self._image,
+                                          height=height, width=width, device=device)
+        return {"image_latents": latents.to(device=device, dtype=dtype), "condition_cache": {}}
+
+    def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
+        latents = latents.to(prep.dtype)
+        batch, channels, frames, height, width = latents.shape
+        cache = prep.extra["condition_cache"]
+        # The reference caches the sub-sampled condition by (h, w) only, filling it before planning with the
+        # initial plan's axes (its quirk Q12); keyed the same way here, so stage 0 keeps those axes.
+        key = (height, width)
+        if key not in cache:
+            full = prep.extra["image_latents"]
+            if stage_axes is None:
+                cache[key] = full
+            else:
+                rows = torch.tensor(list(stage_axes[1]), device=full.device)
+                cols = torch.tensor(list(stage_axes[2]), device=full.device)
+                cache[key] = full.index_select(3, rows).index_select(4, cols)
+        image = cache[key]
+        cond = torch.zeros_like(latents)
+        cond[:, :, :1] = image.expand(batch, -1, -1, -1, -1)
+        mask = torch.zeros(batch, 1, frames, height, width, dtype=prep.dtype, device=latents.device)
+        mask[:, :, 0] = 1.0
+        return torch.cat([latents, cond, mask], dim=1)
+
+
 ADAPTERS = {
+    "HunyuanVideoImageToVideoPipeline": HunyuanVideoI2VAdapter,
+    "HunyuanVideo15ImageToVideoPipeline": HunyuanVideo15I2VAdapter,
     "HunyuanVideoPipeline": HunyuanVideoAdapter,
     "HunyuanVideo15Pipeline": HunyuanVideo15Adapter,
 }

@@ -55,7 +55,7 @@ class Demands:
         return asdict(self)
 
 
-def _check_x0(x0) -> torch.Tensor:
+def _check_x0(x0, *, finite: bool = True) -> torch.Tensor:
     if not isinstance(x0, torch.Tensor):
         fail("x0", x0, "a torch.Tensor of shape (B, C, T, H, W)", TypeError)
     if x0.dim() != 5:
@@ -64,9 +64,20 @@ def _check_x0(x0) -> torch.Tensor:
         fail("x0", x0, "a floating-point tensor")
     if min(x0.shape) < 1:
         fail("x0", x0, "a non-empty tensor (every dimension >= 1)")
-    if not bool(torch.isfinite(x0).all()):
-        fail("x0", x0, "finite values only (found NaN or inf)")
+    if finite and bool(_nonfinite(x0)):
+        _fail_nonfinite(x0)
     return x0
+
+
+def _nonfinite(x0: torch.Tensor) -> torch.Tensor:
+    """0-d bool tensor, True when x0 holds a NaN or an inf (min/max propagate both; ~20× cheaper than
+    isfinite().all() on CPU, and it stays on the device so it can share the one host read)."""
+    low, high = torch.aminmax(x0)
+    return ~(torch.isfinite(low) & torch.isfinite(high))
+
+
+def _fail_nonfinite(x0: torch.Tensor) -> None:
+    fail("x0", x0, "finite values only (found NaN or inf)")
 
 
 def metrics_skipped(shape) -> bool:
@@ -101,19 +112,53 @@ def high_frequency_mask(height: int, width: int, *, rule: str = "f32", device=No
         fail("height", height, "a positive integer")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         fail("width", width, "a positive integer")
-    mask = _high_mask_cpu(height, width, rule)
-    return mask if device is None else mask.to(device)
+    return _cached_mask(height, width, rule, device).clone()  # callers may modify it; the cache must not change
+
+
+def _cached_mask(height: int, width: int, rule: str = "f32", device=None) -> torch.Tensor:
+    if device is None or torch.device(device).type == "cpu":
+        return _high_mask_cpu(height, width, rule)
+    return _high_mask_on(height, width, rule, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _high_mask_on(height: int, width: int, rule: str, device: torch.device) -> torch.Tensor:
+    # Cached per device: a host-to-device copy per call would be a needless transfer in the engine.
+    return _high_mask_cpu(height, width, rule).to(device)
+
+
+def _standardize(x: torch.Tensor, dims: Tuple[int, ...]) -> torch.Tensor:
+    """(x − mean) / max(std, 1e-6) over `dims`, unbiased std, f32. Two-pass (mean, then the centred
+    sum of squares): as accurate as torch.std and several times faster on CPU."""
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    var = (centred * centred).sum(dim=dims, keepdim=True) / (count - 1)
+    return centred / var.sqrt().clamp_min(STD_FLOOR)
 
 
 def _spatial_power_sums(x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """High-band power and total power summed over the whole of x0 (all samples), f32 scalars."""
+    """High-band power and total power summed over the whole of x0 (all samples), f32 scalars.
+
+    The input is real, so its spectrum is Hermitian (|X[-k]| = |X[k]|): a one-sided rfft2 gives every
+    bin's power at ~1/5 of the cost of a full fft2 on CPU; the power is summed over (B, C, T) first and
+    the other half of the (H, W) map filled by the symmetry before the fftshift and the mask."""
     x = x0.to(torch.float32)
-    mean = x.mean(dim=(2, 3, 4), keepdim=True)
-    std = x.std(dim=(2, 3, 4), keepdim=True).clamp_min(STD_FLOOR)
-    z = (x - mean) / std
-    spectrum = torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
-    power = spectrum.real ** 2 + spectrum.imag ** 2
-    mask = high_frequency_mask(x.shape[3], x.shape[4], device=x.device)
+    z = _standardize(x, (2, 3, 4))
+    height, width = x.shape[3], x.shape[4]
+    half = torch.view_as_real(torch.fft.rfft2(z, norm="ortho"))                        # (B, C, T, H, W//2+1, 2)
+    half_power = half.pow(2).sum(dim=(0, 1, 2)).sum(dim=-1)                             # (H, W//2 + 1)
+    columns = width // 2 + 1
+    if width > columns:
+        rows = (-torch.arange(height, device=x.device)) % height
+        cols = width - torch.arange(columns, width, device=x.device)
+        power = torch.cat([half_power, half_power.index_select(0, rows).index_select(1, cols)], dim=1)
+    else:
+        power = half_power
+    power = torch.fft.fftshift(power, dim=(-2, -1))
+    mask = _cached_mask(height, width, "f32", x.device)
     return (power * mask).sum(), power.sum()
 
 
@@ -126,10 +171,11 @@ def _per_sample(fn, x0: torch.Tensor, plan_scope: str) -> torch.Tensor:
     return torch.stack([fn(x0[b:b + 1]) for b in range(x0.shape[0])])
 
 
-def spatial_demand(x0: torch.Tensor, plan_scope: str = "sample") -> torch.Tensor:
+def spatial_demand(x0: torch.Tensor, plan_scope: str = "sample", *, _checked: bool = False) -> torch.Tensor:
     """S as an f32 tensor on x0's device: (B,) per sample ("sample") or (1,) pooled ("batch").
-    x0: (B, C, T, H, W) floating point, finite. Skipped inputs (see `metrics_skipped`) give zeros."""
-    _check_x0(x0)
+    x0: (B, C, T, H, W) floating point, finite (checked: one host read). Skipped inputs (see
+    `metrics_skipped`) give zeros."""
+    _check_x0(x0, finite=not _checked)
     check_choice("plan_scope", plan_scope, PLAN_SCOPES)
     n = x0.shape[0] if plan_scope == "sample" else 1
     if metrics_skipped(x0.shape):
@@ -143,6 +189,14 @@ def spatial_demand(x0: torch.Tensor, plan_scope: str = "sample") -> torch.Tensor
 _SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
 
 
+@functools.lru_cache(maxsize=16)
+def _sobel_kernels(device: torch.device) -> torch.Tensor:
+    """(2, 1, 3, 3) f32 [Sobel x / 8, Sobel y / 8] (cross-correlation weights; y is the transpose of x),
+    cached per device."""
+    kx = torch.tensor(_SOBEL_X, dtype=torch.float32) / 8.0
+    return torch.stack([kx, kx.t()]).unsqueeze(1).to(device)
+
+
 def lucas_kanade_pairs(x0: torch.Tensor) -> dict:
     """Global Lucas–Kanade flow of every consecutive frame pair, f32, batch-major: dict of (B, T−1)
     tensors u (along +x, columns), v (along +y, rows) and the sums a11, a22, a12, b1, b2.
@@ -150,16 +204,15 @@ def lucas_kanade_pairs(x0: torch.Tensor) -> dict:
     _check_x0(x0)
     if metrics_skipped(x0.shape):
         fail("x0", x0, "at least 2 frames of at least 2 pixels")
+    return _lucas_kanade_pairs(x0)
+
+
+def _lucas_kanade_pairs(x0: torch.Tensor) -> dict:
     B, _, T, H, W = x0.shape
-    frames = x0.to(torch.float32).mean(dim=1)
-    mean = frames.mean(dim=(2, 3), keepdim=True)
-    std = frames.std(dim=(2, 3), keepdim=True).clamp_min(STD_FLOOR)
-    frames = (frames - mean) / std
+    frames = _standardize(x0.to(torch.float32).mean(dim=1), (2, 3))
     image = frames[:, :-1].reshape(-1, 1, H, W)
     image_t = (frames[:, 1:] - frames[:, :-1]).reshape(-1, 1, H, W)
-    kx = torch.tensor(_SOBEL_X, dtype=torch.float32, device=x0.device) / 8.0
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # Sobel y is the transpose of Sobel x
-    grads = F.conv2d(image, kernels, padding=1)
+    grads = F.conv2d(image, _sobel_kernels(x0.device), padding=1)
     gx, gy = grads[:, 0], grads[:, 1]
     it = image_t[:, 0]
     a11 = (gx * gx).sum(dim=(-2, -1))
@@ -174,28 +227,34 @@ def lucas_kanade_pairs(x0: torch.Tensor) -> dict:
     return {k: t.reshape(shape) for k, t in dict(u=u, v=v, a11=a11, a22=a22, a12=a12, b1=b1, b2=b2).items()}
 
 
-def temporal_flow(x0: torch.Tensor, plan_scope: str = "sample") -> torch.Tensor:
+def temporal_flow(x0: torch.Tensor, plan_scope: str = "sample", *, _checked: bool = False) -> torch.Tensor:
     """f (raw global-flow magnitude, latent pixels per latent frame) as an f32 tensor on x0's device:
-    (B,) per sample ("sample") or (1,) pooled over all samples' pairs ("batch")."""
-    _check_x0(x0)
+    (B,) per sample ("sample") or (1,) pooled over all samples' pairs ("batch"). x0 as in spatial_demand."""
+    _check_x0(x0, finite=not _checked)
     check_choice("plan_scope", plan_scope, PLAN_SCOPES)
     n = x0.shape[0] if plan_scope == "sample" else 1
     if metrics_skipped(x0.shape):
         return torch.zeros(n, dtype=torch.float32, device=x0.device)
     def mean_magnitude(x: torch.Tensor) -> torch.Tensor:
-        pairs = lucas_kanade_pairs(x)
+        pairs = _lucas_kanade_pairs(x)
         return torch.sqrt(pairs["u"] ** 2 + pairs["v"] ** 2).mean()
     return _per_sample(mean_magnitude, x0, plan_scope)
 
 
 def compute_demands(x0: torch.Tensor, plan_scope: str = "sample") -> List[Demands]:
     """(B,) Demands, one per sample of x0: (B, C, T, H, W). With plan_scope="batch" every entry is the
-    same pooled Demands (the reference's single plan per batch). One device-to-host read."""
-    _check_x0(x0)
+    same pooled Demands (the reference's single plan per batch). One device-to-host read, which also
+    carries the finiteness check of x0."""
+    _check_x0(x0, finite=False)
     check_choice("plan_scope", plan_scope, PLAN_SCOPES)
     batch = x0.shape[0]
     used = not metrics_skipped(x0.shape)
-    values = torch.stack([spatial_demand(x0, plan_scope), temporal_flow(x0, plan_scope)]).cpu().tolist()
+    spatial = spatial_demand(x0, plan_scope, _checked=True)
+    flow = temporal_flow(x0, plan_scope, _checked=True)
+    flag = _nonfinite(x0).to(torch.float32).expand(spatial.shape[0])
+    values = torch.stack([spatial, flow, flag]).cpu().tolist()
+    if values[2][0]:
+        _fail_nonfinite(x0)
     out = []
     for s_value, f_value in zip(values[0], values[1]):
         s_value, f_value = float(s_value), float(f_value)

@@ -153,6 +153,16 @@ def _dvg_subclass(cls: type) -> type:
     return sub
 
 
+def _has_forward_hooks(transformer) -> bool:
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.hooks:
+            return True
+        if getattr(module, "_hf_hook", None) is not None:
+            return True
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------
 # One generation
 # ---------------------------------------------------------------------------------------------------
@@ -200,6 +210,7 @@ class _Generation:
         self.args = dict(bound.arguments)
         self.args.pop(next(iter(inspect.signature(original_call).parameters)))  # self
         self.layouts: Dict[Any, processors.PackedAttention] = {}
+        self.transition_cache: Dict[Any, Dict[str, torch.Tensor]] = {}
         self.timings: Dict[str, float] = {}
         self.forward_shapes: List[Tuple[int, ...]] = []
 
@@ -239,24 +250,77 @@ class _Generation:
         timestep = timestep_value.expand(group_latents.shape[0]).to(group_latents.dtype)
         shape = tuple(group_latents.shape[2:])
 
+        extra = {}
+        if getattr(transformer.config, "use_meanflow", False):
+            # MeanFlow checkpoints take the next timestep of the array the loop iterates as "r" (0 at the end)
+            extra["timestep_r"] = self._timestep_r(step).expand(group_latents.shape[0]).to(group_latents.dtype)
+
         def run_condition(condition, cache_name):
             condition = condition.select(indices)
             layout = self._layout(shape, condition, indices)
             self.forward_shapes.append(tuple(hidden.shape))
             with self.state.activate(layout), transformer.cache_context(cache_name):
-                return transformer(hidden_states=hidden, timestep=timestep, **condition.kwargs)[0]
+                return transformer(hidden_states=hidden, timestep=timestep, **extra, **condition.kwargs)[0]
 
         if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
             return self.adapter.guided_velocity(prep, step, timestep_value, run_condition)
         preds = [run_condition(c, c.name) for c in prep.conditions]
         return prep.guidance(preds)
 
+    def _timestep_r(self, step: int) -> torch.Tensor:
+        schedule = self.schedule
+        if step + 1 >= self.prep.num_steps:
+            return torch.zeros((), dtype=torch.float32, device=self.prep.device)
+        value = schedule.model_timestep(step + 1)
+        return torch.as_tensor(value, dtype=torch.float32).to(self.prep.device)
+
+    def _velocities(self, groups, stage: int, t, step: int) -> List[torch.Tensor]:
+        """Velocity per group. One group: the transformer's own forward. Several (samples with different
+        stage shapes): one packed forward per condition for the whole batch, when the model supports it."""
+        if len(groups) == 1:
+            g = groups[0]
+            return [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, step)]
+        packed = self._packed_forward()
+        if packed is None:
+            return [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, step) for g in groups]
+        prep = self.prep
+        where = {}
+        for gi, g in enumerate(groups):
+            hidden = self.adapter.model_input(prep, g.latents, g.plan.stage_axes[stage], g.indices)
+            for j, b in enumerate(g.indices):
+                where[b] = (gi, j, hidden[j:j + 1])
+        order = list(range(prep.batch))
+        hidden_list = [where[b][2] for b in order]
+        timestep = t.expand(prep.batch).to(groups[0].latents.dtype)
+        preds = []
+        for condition in prep.conditions:
+            kw = condition.kwargs
+            for h in hidden_list:
+                self.forward_shapes.append(tuple(h.shape))
+            preds.append(packed(hidden_list, timestep, kw["encoder_hidden_states"], kw["encoder_attention_mask"],
+                                kw["pooled_projections"], condition.text_lengths, guidance=kw.get("guidance")))
+        per_sample = [prep.guidance([p[b] for p in preds]) for b in order]
+        return [torch.cat([per_sample[b] for b in g.indices], dim=0) for g in groups]
+
+    def _packed_forward(self):
+        if not isinstance(self.adapter, adapters.HunyuanVideoAdapter):
+            return None
+        if getattr(self.pipe.transformer.config, "image_condition_type", None) == "token_replace":
+            return None
+        if _has_forward_hooks(self.pipe.transformer):
+            # Cache hooks (diffusers) and offload hooks (accelerate) wrap the modules' own forward methods,
+            # which the packed forward bypasses: keep the per-group path, which calls them.
+            return None
+        if getattr(self, "_packed", None) is None:
+            self._packed = processors.PackedHunyuanVideoForward(self.pipe.transformer, self.state)
+        return self._packed
+
     # ---- enabled=False: full resolution, our attention path ----
     def _run_full(self):
         prep, pipe = self.prep, self.pipe
-        schedule = _FullSchedule(pipe, prep.num_steps, prep.device, prep.sigmas)
+        schedule = self.schedule = _FullSchedule(pipe, prep.num_steps, prep.device, prep.sigmas)
         full_shape = self._latent_shape(prep)
-        latents = self.adapter.prepare_noise(prep, full_shape, prep.generator, prep.latents)
+        latents = self.adapter.prepare_noise(prep, full_shape, prep.generator, prep.latents, None)
         pipe._num_timesteps = len(schedule.timesteps)
         start = time.perf_counter()
         with pipe.progress_bar(total=prep.num_steps) as bar:
@@ -267,7 +331,7 @@ class _Generation:
                 t = schedule.model_timestep(i)
                 pipe._current_timestep = t
                 velocity = self._velocity_group(latents, list(range(prep.batch)), None, t, i)
-                latents = schedule.euler_step(latents, velocity, i)
+                latents = self.adapter.post_step(prep, schedule.euler_step(latents, velocity, i), None)
                 latents = self._callback(i, t, [_Group(list(range(prep.batch)), None, latents)])[0].latents
                 bar.update()
         pipe._current_timestep = None
@@ -354,19 +418,19 @@ class _Generation:
 
     def _transition_group(self, x0: torch.Tensor, src_axes, dst_axes, to_stage: int, seeds: List[int],
                           sigma: torch.Tensor) -> torch.Tensor:
-        from . import sampling
-        anchors = sampling.stage_anchors(src_axes, dst_axes)
-        dst_shape = tuple(len(a) for a in dst_axes)
-        up = sampling.resize_to_stage(x0.float(), dst_shape, *anchors)
-        if to_stage == 1:
-            up = sampling.smooth_first_transition(up, padding=self.config.smoothing_padding)
-        fields: Dict[int, torch.Tensor] = {}
-        for seed in seeds:
-            if seed not in fields:
-                fields[seed] = sampling.coordinate_noise(*dst_axes, x0.shape[1], seed, dtype=torch.float32,
-                                                         device=x0.device)
-        noise = fields[seeds[0]] if len(fields) == 1 else torch.cat([fields[s] for s in seeds], dim=0)
-        return sampling.renoise(up, noise, sigma.to(x0.device))
+        """x̂0 (B, C, t, h, w) on the current stage -> the next stage's re-noised latents (float32), with the fused
+        `torch.ops.dvg.resample_renoise` (resize, 0→1 smoothing, coordinate noise and re-noise in one pass)."""
+        from .ops.resample import resample_renoise, transition_tensors
+        key = (tuple(map(tuple, src_axes)), tuple(map(tuple, dst_axes)), x0.device)
+        tensors = self.transition_cache.get(key)
+        if tensors is None:
+            tensors = self.transition_cache[key] = transition_tensors(src_axes, dst_axes, x0.device)
+        smoothing = {"zeros": 1, "exclude": 2}[self.config.smoothing_padding] if to_stage == 1 else 0
+        seeds_tensor = torch.tensor(seeds, dtype=torch.int64).to(x0.device)
+        # sigma lives on the host (the schedule is host-side), so float() reads nothing back from the device;
+        # validate=False: the anchors and coordinates come from the planner's nested axes on the host.
+        return resample_renoise(x0.float(), seeds=seeds_tensor, sigma=float(sigma), smoothing=smoothing,
+                                out_dtype=torch.float32, validate=False, **tensors)
 
     def _run_dvg(self):
         from . import planner, sampling
@@ -381,10 +445,10 @@ class _Generation:
         budget = planner.check_budget(grid, num_steps, config.budget, budget_accounting=config.budget_accounting,
                                       budget_fallback=config.budget_fallback)
         initial = planner.initial_plan(grid, num_steps, budget, budget_accounting=config.budget_accounting)
-        schedule = sampling.StageSchedule(num_steps, adapter.model, adapter.stage0_shift(), config.stage_shifts,
+        schedule = self.schedule = sampling.StageSchedule(num_steps, adapter.model, adapter.stage0_shift(), config.stage_shifts,
                                           hv15_timesteps=config.hv15_timesteps)
         stage0_shape = tuple(initial.stage_shapes[0])
-        latents = adapter.prepare_noise(prep, stage0_shape, prep.generator, prep.latents)
+        latents = adapter.prepare_noise(prep, stage0_shape, prep.generator, prep.latents, initial.stage_axes[0])
         if tuple(latents.shape[2:]) != stage0_shape:
             _checks.fail("latents", prep.latents, f"a tensor of the stage-0 shape (B, C, {stage0_shape[0]}, "
                                                   f"{stage0_shape[1]}, {stage0_shape[2]}) with DVG enabled")
@@ -405,8 +469,7 @@ class _Generation:
                 step_start = time.perf_counter()
                 t = torch.tensor(schedule.model_timestep(i), dtype=torch.float32, device=prep.device)
                 pipe._current_timestep = t
-                velocities = [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, i)
-                              for g in groups]
+                velocities = self._velocities(groups, stage, t, i)
                 calls[stage] += 1
                 if schedule.is_transition(i):
                     if sync:
@@ -428,6 +491,7 @@ class _Generation:
                     for g, x0 in zip(groups, x0s):
                         nxt = self._transition_group(x0, g.plan.stage_axes[stage], g.plan.stage_axes[stage + 1],
                                                      stage + 1, self._seeds(g.indices), sigma_new)
+                        nxt = adapter.post_step(prep, nxt, g.plan.stage_axes[stage + 1], g.indices)
                         new_groups.append(_Group(g.indices, g.plan, nxt.to(prep.dtype)))
                     groups = new_groups
                     if sync:
@@ -436,7 +500,8 @@ class _Generation:
                     bar.set_postfix_str(self._stage_text(schedule.stage, groups))
                 else:
                     for g, v in zip(groups, velocities):
-                        g.latents = schedule.euler_step(g.latents, v, i)
+                        g.latents = adapter.post_step(prep, schedule.euler_step(g.latents, v, i),
+                                                      g.plan.stage_axes[stage], g.indices)
                     stage_times[stage] += time.perf_counter() - step_start
                 groups = self._callback(i, t, groups)
                 bar.update()

@@ -108,9 +108,13 @@ def _plans(args) -> tuple:
     if args.x0 is not None:
         from .demands import compute_demands
         x0 = _load_x0(args.x0)
-        plans = P.plan_from_x0(grid, args.steps, args.budget, x0, plan_scope=args.plan_scope,
-                               budget_accounting=args.budget_accounting, budget_fallback=args.budget_fallback)
-        return grid, plans, compute_demands(x0, plan_scope=args.plan_scope)
+        budget_used = P.check_budget(grid, args.steps, args.budget, budget_accounting=args.budget_accounting,
+                                     budget_fallback=args.budget_fallback)
+        P.check_x0_shape(grid, args.steps, budget_used, x0, budget_accounting=args.budget_accounting)
+        demands = compute_demands(x0, plan_scope=args.plan_scope)
+        plans = P.plans_from_demands(grid, args.steps, args.budget, demands,
+                                     budget_accounting=args.budget_accounting, budget_fallback=args.budget_fallback)
+        return grid, plans, demands
     spatial = 0.0 if args.spatial_demand is None else args.spatial_demand
     temporal = 0.0 if args.temporal_demand is None else args.temporal_demand
     plan = P.plan_stages(grid, args.steps, args.budget, spatial, temporal,
@@ -132,8 +136,10 @@ def format_table(plan: P.Plan, intervals, demands=None, demands_given: bool = Tr
     tt, th, tw = g.token_shape
     lines.append(f"full grid: latent {T}x{H}x{W}, tokens {tt}x{th}x{tw} = {tt * th * tw:,}; "
                  f"transition steps {list(plan.transition_steps)}")
-    header = ("stage", "latent TxHxW", "tokens TxHxW", "tokens", "steps", "model calls", "spatial rate",
-              "frames rate")
+    # "steps" are the reference's accounting counts (what the density weighs); "model calls" are what the
+    # sampler runs at each stage's size (a transition step still runs at the old size, Q2).
+    header = ("stage", "latent TxHxW", "tokens TxHxW", "tokens", "steps (accounting)", "model calls",
+              "spatial rate", "frames rate")
     rows = []
     for k in range(P.NUM_STAGES):
         rows.append((str(k), _shape(plan.stage_shapes[k]), _shape(plan.token_shapes[k]),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -391,11 +392,6 @@ class Candidate:
         return [self.s2, self.t23, self.density, self.score]
 
 
-def _candidate_shapes(full_shape: Shape, t1: int, s2: float, t23: int) -> List[Shape]:
-    T = full_shape[0]
-    return joint_stage_shapes(full_shape, [STAGE0_SPATIAL_RATE, s2, 1.0, 1.0], [t1 / T, t23 / T, t23 / T, 1.0])
-
-
 @functools.lru_cache(maxsize=4096)
 def _candidate_table(full_shape: Shape, counts: Tuple[int, ...], t1: int) -> Tuple[Tuple[float, int, float], ...]:
     """All (s2, t23, density) for stage-0 frame count t1, in enumeration order (s2 outer, t23 inner).
@@ -514,14 +510,16 @@ class InfeasibleBudgetError(ValueError):
             where += f", budget_accounting={budget_accounting!r}"
         if self.feasible_intervals:
             tail = (f" budget={budget!r} is infeasible for {where}; feasible budgets: "
-                    f"{format_intervals(self.feasible_intervals)}. Pick one, or use budget_fallback='nearest'.")
+                    f"{format_intervals(self.feasible_intervals)}. Pick one, or set budget_fallback='nearest' "
+                    f"(CLI: --budget-fallback nearest).")
         else:
             tail = f" No budget in (0, 1] is feasible for {where}."
         super().__init__(self.reference_message + tail)
 
-
-def _budget_frames(T: int, budget: float) -> int:
-    return stage0_frames(T, budget)
+    def __reduce__(self):
+        # Exceptions pickle through self.args (the message); rebuild from the constructor's arguments so
+        # the error survives multiprocessing / distributed workers.
+        return (type(self), (self.grid, self.num_steps, self.budget, self.feasible_intervals, self.budget_accounting))
 
 
 def _edge(predicate, guess: float) -> float:
@@ -557,12 +555,11 @@ def _edge(predicate, guess: float) -> float:
 
 
 def _bits(x: float) -> int:
-    import struct
+    # For non-negative doubles the IEEE bit pattern, read as an integer, orders like the value.
     return struct.unpack("<q", struct.pack("<d", x))[0]
 
 
 def _from_bits(b: int) -> float:
-    import struct
     return struct.unpack("<d", struct.pack("<q", b))[0]
 
 
@@ -584,13 +581,13 @@ def _feasible_budget_intervals(full_shape: Shape, counts: Tuple[int, ...]) -> Tu
     T = full_shape[0]
     min_budget = math.nextafter(0.0, 1.0)
     result: List[Tuple[float, float]] = []
-    t1_max = _budget_frames(T, 1.0)
+    t1_max = stage0_frames(T, 1.0)
     for t1 in range(1, t1_max + 1):
         # Budgets whose stage 0 has t1 frames: an interval, since b -> round(T·(b·0.8)) is monotone.
-        lo = min_budget if t1 == 1 else _edge(lambda b: _budget_frames(T, b) >= t1,
+        lo = min_budget if t1 == 1 else _edge(lambda b: stage0_frames(T, b) >= t1,
                                               (t1 - 0.5) / (T * STAGE0_TEMPORAL_FACTOR))
         hi = 1.0 if t1 == t1_max else math.nextafter(
-            _edge(lambda b: _budget_frames(T, b) >= t1 + 1, (t1 + 0.5) / (T * STAGE0_TEMPORAL_FACTOR)), -math.inf)
+            _edge(lambda b: stage0_frames(T, b) >= t1 + 1, (t1 + 0.5) / (T * STAGE0_TEMPORAL_FACTOR)), -math.inf)
         lo, hi = max(lo, min_budget), min(hi, 1.0)
         if lo > hi:
             continue
@@ -933,6 +930,32 @@ def plan_stages(grid: FullGrid, num_steps: int, budget: float, spatial_demand: f
                        best_score=chosen.score, candidates=tuple(scored), fallback=note)
 
 
+def check_x0_shape(grid: FullGrid, num_steps: int, budget: float, x0: Any, *,
+                   budget_accounting: str = "reference") -> None:
+    """x0 must be (B, latent_channels, t0, h0, w0) with (t0, h0, w0) the initial plan's stage-0 latent
+    shape at this (already resolved) budget: the x̂0 the sampler has at the first transition."""
+    expected = initial_plan(grid, num_steps, budget, budget_accounting=budget_accounting).stage_shapes[0]
+    shape = tuple(getattr(x0, "shape", ()))
+    if len(shape) != 5 or shape[1] != grid.latent_channels or tuple(shape[2:]) != expected:
+        fail("x0", x0, f"shape (B, {grid.latent_channels}, {expected[0]}, {expected[1]}, {expected[2]}) "
+                       f"(the stage-0 latent grid of this plan)")
+
+
+def plans_from_demands(grid: FullGrid, num_steps: int, budget: float, demands: Sequence[Any], *,
+                       budget_accounting: str = "reference", budget_fallback: str = "error") -> List[Plan]:
+    """(B,) plans, one per `Demands` (dvg_engine.demands); equal demands share one Plan object. The
+    demands are clamped into [0, 1] (f32 rounding can put S a hair outside)."""
+    cache: Dict[Any, Plan] = {}
+    out = []
+    for d in demands:
+        key = (d.S, d.M)
+        if key not in cache:
+            cache[key] = plan_stages(grid, num_steps, budget, min(max(d.S, 0.0), 1.0), min(max(d.M, 0.0), 1.0),
+                                     budget_accounting=budget_accounting, budget_fallback=budget_fallback)
+        out.append(cache[key])
+    return out
+
+
 def plan_from_x0(grid: FullGrid, num_steps: int, budget: float, x0: Any, *, plan_scope: str = "sample",
                  budget_accounting: str = "reference", budget_fallback: str = "error",
                  check_shape: bool = True) -> List[Plan]:
@@ -940,28 +963,16 @@ def plan_from_x0(grid: FullGrid, num_steps: int, budget: float, x0: Any, *, plan
 
     plan_scope "sample": one plan per sample from its own demands (the reference for B = 1); "batch":
     the demands pool the batch as the reference does and every sample gets the same plan. One
-    device-to-host read (the demands). With `check_shape`, x0 must have the grid's latent channels and
-    the initial plan's stage-0 latent shape."""
+    device-to-host read (the demands). With `check_shape` (see `check_x0_shape`) x0 must be on the
+    stage-0 latent grid of this plan."""
     from .demands import compute_demands
     check_choice("plan_scope", plan_scope, PLAN_SCOPES)
     budget_used, _ = resolve_budget(grid, num_steps, budget, budget_accounting=budget_accounting,
                                     budget_fallback=budget_fallback)
     if check_shape:
-        expected = initial_plan(grid, num_steps, budget_used, budget_accounting=budget_accounting).stage_shapes[0]
-        shape = tuple(getattr(x0, "shape", ()))
-        if len(shape) != 5 or shape[1] != grid.latent_channels or tuple(shape[2:]) != expected:
-            fail("x0", x0, f"shape (B, {grid.latent_channels}, {expected[0]}, {expected[1]}, {expected[2]}) "
-                           f"(the stage-0 latent grid of this plan)")
-    demands = compute_demands(x0, plan_scope=plan_scope)
-    plans: Dict[Any, Plan] = {}
-    out = []
-    for d in demands:
-        key = (d.S, d.M)
-        if key not in plans:
-            plans[key] = plan_stages(grid, num_steps, budget, min(max(d.S, 0.0), 1.0), min(max(d.M, 0.0), 1.0),
-                                     budget_accounting=budget_accounting, budget_fallback=budget_fallback)
-        out.append(plans[key])
-    return out
+        check_x0_shape(grid, num_steps, budget_used, x0, budget_accounting=budget_accounting)
+    return plans_from_demands(grid, num_steps, budget, compute_demands(x0, plan_scope=plan_scope),
+                              budget_accounting=budget_accounting, budget_fallback=budget_fallback)
 
 
 # --------------------------------------------------------------------------------------------------

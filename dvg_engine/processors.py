@@ -233,3 +233,165 @@ def uninstall(transformer) -> bool:
     mapping = {name: (p.original if isinstance(p, DVGAttnProcessor) else p) for name, p in current.items()}
     transformer.set_attn_processor(mapping)
     return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-sample packed forward (samples with different stage shapes in one varlen stream)
+# ---------------------------------------------------------------------------------------------------
+
+def _modulate(norm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """x: (1, T, D); scale/shift: (S, D), one row per segment; cu_seqlens: (S + 1,) int32 contiguous segments
+    -> norm(x)·(1 + scale[seg]) + shift[seg] through `torch.ops.dvg.modulated_layer_norm`.
+
+    The AdaLN modulation of diffusers' blocks, with one (shift, scale) row per sample applied to that sample's
+    segment of the packed stream instead of one per batch row. `norm` is the block's own affine-free LayerNorm
+    (its eps is used)."""
+    from .ops.layer_norm import modulated_layer_norm
+    if getattr(norm, "weight", None) is not None or not isinstance(norm, torch.nn.LayerNorm):
+        raise NotImplementedError(f"packed modulation expects an affine-free nn.LayerNorm, got {norm!r}")
+    # validate=False: cu_seqlens is built on the host from the plan; checking it would read it back
+    return modulated_layer_norm(x[0], cu_seqlens, scale, shift, eps=norm.eps, validate=False).unsqueeze(0)
+
+
+@dataclasses.dataclass
+class _Segments:
+    ids: torch.Tensor         # (T,) int64 sample of each token
+    cu_seqlens: torch.Tensor  # (S + 1,) int32
+
+
+class PackedHunyuanVideoForward:
+    """HunyuanVideoTransformer3DModel's forward over samples of *different* latent shapes, packed.
+
+    Mirrors `HunyuanVideoTransformer3DModel.forward` (numbered like it) with the module's own weights: the
+    latent tokens of all samples form one image stream and their valid text tokens one text stream; each
+    block's AdaLN modulation is gathered per token from its sample's row; the joint attention runs through the
+    DVG processors with a segment layout (one segment = one sample's latent + valid text tokens), i.e. one
+    `varlen_attention` call per layer for the whole batch. RoPE tables are the transformer's own, per sample
+    shape, cached across steps.
+    """
+
+    def __init__(self, transformer, state: DVGAttentionState) -> None:
+        cfg = transformer.config
+        if getattr(cfg, "image_condition_type", None) == "token_replace":
+            raise NotImplementedError("the packed per-sample forward does not implement token_replace conditioning")
+        self.transformer = transformer
+        self.state = state
+        self.rope_cache: dict = {}
+        self.layout_cache: dict = {}
+
+    def _rope(self, hidden: torch.Tensor):
+        key = (tuple(hidden.shape[2:]), hidden.device, hidden.dtype)
+        if key not in self.rope_cache:
+            self.rope_cache[key] = self.transformer.rope(hidden[:1])
+        return self.rope_cache[key]
+
+    def __call__(self, hidden_list: Sequence[torch.Tensor], timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 encoder_attention_mask: torch.Tensor, pooled_projections: torch.Tensor, text_lengths: Sequence[int],
+                 guidance: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """hidden_list: per sample (1, C, T_b, H_b, W_b); timestep: (B,); encoder_hidden_states: (B, L, D_text);
+        encoder_attention_mask: (B, L) prefix masks with `text_lengths` (host ints) valid tokens; pooled: (B, P).
+        Returns per sample the velocity (1, C_out, T_b, H_b, W_b)."""
+        tr = self.transformer
+        p, p_t = tr.config.patch_size, tr.config.patch_size_t
+        batch = len(hidden_list)
+        device = hidden_list[0].device
+
+        # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text refiner
+        ropes = [self._rope(h) for h in hidden_list]
+        temb, _ = tr.time_text_embed(timestep, pooled_projections, guidance)
+        image_tokens = [tr.x_embedder(h) for h in hidden_list]
+        text = tr.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+
+        # 3. Packing: image stream [1, Ti, D], text stream [1, Tt, D], segment ids, and the attention layout
+        lengths_img = [t.shape[1] for t in image_tokens]
+        lengths_txt = [int(n) for n in text_lengths]
+        img = torch.cat(image_tokens, dim=1)
+        txt = torch.cat([text[b:b + 1, :lengths_txt[b]] for b in range(batch)], dim=1)
+        key = (tuple(lengths_img), tuple(lengths_txt), device)
+        cached = self.layout_cache.get(key)
+        if cached is None:
+            seg_img = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths_img))
+            seg_txt = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths_txt))
+            total_img = sum(lengths_img)
+            rows, off_i, off_t = [], 0, 0
+            for n_i, n_t in zip(lengths_img, lengths_txt):
+                rows.append(torch.cat([torch.arange(off_i, off_i + n_i), total_img + torch.arange(off_t, off_t + n_t)]))
+                off_i += n_i
+                off_t += n_t
+            layout = PackedAttention.segments(rows, total_img + sum(lengths_txt), device)
+            cu_img = PackedAttention.prefix(lengths_img, max(lengths_img), "cpu").cu_seqlens.to(device)
+            cu_txt = PackedAttention.prefix(lengths_txt, max(lengths_txt), "cpu").cu_seqlens.to(device)
+            cached = (_Segments(seg_img.to(device), cu_img), _Segments(seg_txt.to(device), cu_txt), layout)
+            self.layout_cache[key] = cached
+        seg_img, seg_txt, layout = cached
+        rope = (torch.cat([r[0] for r in ropes], dim=0), torch.cat([r[1] for r in ropes], dim=0))
+
+        # 4. Transformer blocks
+        with self.state.activate(layout):
+            for block in tr.transformer_blocks:
+                img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
+            for block in tr.single_transformer_blocks:
+                img, txt = self._single_block(block, img, txt, temb, rope, seg_img, seg_txt)
+
+        # 5. Output projection, per-sample unpatchify
+        emb = tr.norm_out.linear(tr.norm_out.silu(temb).to(img.dtype))
+        scale, shift = torch.chunk(emb, 2, dim=1)
+        img = _modulate(tr.norm_out.norm, img, scale, shift, seg_img.cu_seqlens)
+        img = tr.proj_out(img)
+        outputs, offset = [], 0
+        for hidden, n in zip(hidden_list, lengths_img):
+            _, _, frames, height, width = hidden.shape
+            piece = img[:, offset:offset + n].reshape(1, frames // p_t, height // p, width // p, -1, p_t, p, p)
+            piece = piece.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+            outputs.append(piece)
+            offset += n
+        return outputs
+
+    @staticmethod
+    def _dual_block(block, img, txt, temb, rope, seg_img, seg_txt):
+        # 1. Input normalization (per-sample AdaLN rows gathered per token)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1.linear(
+            block.norm1.silu(temb)).chunk(6, dim=1)
+        c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context.linear(
+            block.norm1_context.silu(temb)).chunk(6, dim=1)
+        norm_img = _modulate(block.norm1.norm, img, scale_msa, shift_msa, seg_img.cu_seqlens)
+        norm_txt = _modulate(block.norm1_context.norm, txt, c_scale_msa, c_shift_msa, seg_txt.cu_seqlens)
+
+        # 2. Joint attention
+        attn_img, attn_txt = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_txt, attention_mask=None,
+                                        image_rotary_emb=rope)
+
+        # 3. Modulation and residual connection
+        img = img + attn_img * gate_msa.index_select(0, seg_img.ids)
+        txt = txt + attn_txt * c_gate_msa.index_select(0, seg_txt.ids)
+        norm_img = _modulate(block.norm2, img, scale_mlp, shift_mlp, seg_img.cu_seqlens)
+        norm_txt = _modulate(block.norm2_context, txt, c_scale_mlp, c_shift_mlp, seg_txt.cu_seqlens)
+
+        # 4. Feed-forward
+        img = img + gate_mlp.index_select(0, seg_img.ids) * block.ff(norm_img)
+        txt = txt + c_gate_mlp.index_select(0, seg_txt.ids) * block.ff_context(norm_txt)
+        return img, txt
+
+    @staticmethod
+    def _single_block(block, img, txt, temb, rope, seg_img, seg_txt):
+        text_len = txt.shape[1]
+        hidden = torch.cat([img, txt], dim=1)
+        residual = hidden
+
+        # 1. Input normalization (the image and text parts are each contiguous per sample)
+        shift, scale, gate = block.norm.linear(block.norm.silu(temb)).chunk(3, dim=1)
+        norm_hidden = torch.cat([_modulate(block.norm.norm, img, scale, shift, seg_img.cu_seqlens),
+                                 _modulate(block.norm.norm, txt, scale, shift, seg_txt.cu_seqlens)], dim=1)
+        mlp_hidden = block.act_mlp(block.proj_mlp(norm_hidden))
+
+        # 2. Attention
+        attn_img, attn_txt = block.attn(hidden_states=norm_hidden[:, :-text_len],
+                                        encoder_hidden_states=norm_hidden[:, -text_len:], attention_mask=None,
+                                        image_rotary_emb=rope)
+        attn_out = torch.cat([attn_img, attn_txt], dim=1)
+
+        # 3. Modulation and residual connection
+        hidden = torch.cat([attn_out, mlp_hidden], dim=2)
+        gate_rows = torch.cat([gate.index_select(0, seg_img.ids), gate.index_select(0, seg_txt.ids)], dim=0)
+        hidden = gate_rows * block.proj_out(hidden) + residual
+        return hidden[:, :-text_len], hidden[:, -text_len:]

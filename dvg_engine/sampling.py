@@ -27,26 +27,25 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
+import torch.nn.functional as F
+
+from dvg_engine._checks import check_choice, check_float, check_int, check_tensor, fail
+from dvg_engine.config import REFERENCE_NOISE_SEED, REFERENCE_STAGE_SHIFTS
+
 __all__ = ["MODELS", "REFERENCE_NOISE_SEED", "REFERENCE_STAGE_SHIFTS", "NOISE_CONSTANTS", "FINAL_STEP_ERROR",
            "flow_sigmas", "x0_from_velocity", "stage_anchors", "validate_anchors", "resize_to_stage",
            "smooth_first_transition", "coordinate_noise", "transition_seed", "renoise", "default_transition_steps",
            "TransitionInfo", "StageSchedule", "resample_and_renoise", "transition"]
 
-import torch
-import torch.nn.functional as F
-
-from dvg_engine._checks import check_choice, check_float, check_int, check_tensor, fail
-
 MODELS = ("hunyuan_video", "hunyuan_video_1_5")
-REFERENCE_NOISE_SEED = 12345
-REFERENCE_STAGE_SHIFTS = (7.0, 9.0, 11.0, 11.0)
 TRANSITION_RATES = (0.28, 0.50, 0.72)
 NUM_STAGES = 4
 SMOOTHING_WEIGHT = 0.3
 FINAL_STEP_ERROR = "DVG transition cannot occur at the final sampling step"
 
-# §11 hash constants. They are written unsigned in the spec; torch holds int64, so they are stored as
-# the two's-complement signed value with the same 64 bits (multiplication mod 2^64 is identical).
+# §11 hash constants, unsigned as the spec writes them. torch holds int64, so they enter tensor math as
+# the two's-complement value with the same 64 bits (`_signed64`): multiplication mod 2^64 is identical.
 _MASK64 = (1 << 64) - 1
 NOISE_CONSTANTS = {
     "t_mult": 0x9E3779B185EBCA87,
@@ -258,7 +257,9 @@ def resize_to_stage(x0: torch.Tensor, target_shape: Sequence[int], anchor_t, anc
         start = spatial.index_select(2, left)
         end = spatial.index_select(2, right)
         result = torch.lerp(start, end, weight.to(start.dtype).view(1, 1, t_d, 1, 1))
-    return result.contiguous().to(out_dtype)
+    result = result.contiguous().to(out_dtype)
+    # same-shape resizes would otherwise hand back x0 itself; callers (and custom ops) expect a new tensor
+    return result.clone() if result.data_ptr() == x0.data_ptr() else result
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -475,9 +476,10 @@ class StageSchedule:
     stage-0 array captured before the loop (quirk Q5), unless hv15_timesteps="reshifted", which uses
     the current (re-shifted) schedule as HunyuanVideo does.
 
-    Attributes: num_steps, model, stage, shift, sigmas ((N+1,) float32), timesteps ((N,) float32),
-    transition_steps, history (list of TransitionInfo), stage_schedules (one dict per installed stage:
-    stage, shift, sigmas, timesteps, set_at_step).
+    Attributes: num_steps, model, stage0_shift, stage_shifts, effective_stage_shifts (stage 0's own, then
+    stage_shifts[1:]), stage, shift, sigmas ((N+1,) float32), timesteps ((N,) float32), stage0_sigmas,
+    stage0_timesteps, transition_steps, history (list of TransitionInfo), stage_schedules (one dict per
+    installed stage: stage, shift, sigmas, timesteps, set_at_step).
     """
 
     def __init__(self, num_steps: int, model: str, stage0_shift: float,
@@ -492,6 +494,7 @@ class StageSchedule:
             fail("stage_shifts", stage_shifts, f"{NUM_STAGES} positive numbers (entry 0 unused)")
         shifts = tuple(check_float(f"stage_shifts[{k}]", s, low=0.0, high=float("inf"), low_open=True,
                                    high_open=True) for k, s in enumerate(shifts))
+        self.stage0_shift = stage0_shift
         self.stage_shifts = shifts
         self.effective_stage_shifts = (stage0_shift,) + shifts[1:]
         self.hv15_timesteps = check_choice("hv15_timesteps", hv15_timesteps, ("reference", "reshifted"))

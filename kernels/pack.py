@@ -24,6 +24,7 @@ All offsets are int64 (a 720p step has >100k tokens × 3072 channels).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -127,7 +128,7 @@ def _pack_kernel(
 @triton.jit
 def _unpack_kernel(
     Packed, OutLat, OutTxt, CuLat, CuSeq,
-    total_latent, num_samples, text_len, heads,
+    total_latent, num_samples, text_len, text_len_nonzero, heads,
     stride_packed_tok, stride_packed_head,
     stride_lat_tok, stride_lat_head,
     stride_txt_b, stride_txt_tok, stride_txt_head,
@@ -139,7 +140,8 @@ def _unpack_kernel(
     is_lat = row < total_latent
     txt_row = row - total_latent
     is_txt_row = (row >= total_latent) & (txt_row < total_text)
-    safe_len = tl.maximum(text_len, 1)
+    # text_len_nonzero = max(text_len, 1), from the host: no division by zero when there is no text
+    safe_len = text_len_nonzero
 
     lat_sample = _sample_of(row, CuLat, num_samples)
     txt_sample = tl.where(is_txt_row, txt_row // safe_len, 0)
@@ -185,12 +187,14 @@ def _as_3d(x: torch.Tensor, leading: int) -> torch.Tensor:
 
 
 def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, grid_sizes=None, inv_freq=None,
-                 rope_axes_dim=None):
+                 rope_axes_dim=None, out=None, out2=None):
     lat3 = _as_3d(lat, 1)
     txt3 = _as_3d(txt, 2)
     heads, head_dim = lat3.shape[1], lat3.shape[2]
-    out = lat.new_empty((total, *lat.shape[1:]))
-    out2 = lat.new_empty((total, *lat.shape[1:])) if lat2 is not None else out
+    out = lat.new_empty((total, *lat.shape[1:])) if out is None else out
+    if lat2 is not None and out2 is None:
+        out2 = lat.new_empty((total, *lat.shape[1:]))
+    out2 = out if lat2 is None else out2
     if total == 0 or heads == 0 or head_dim == 0:
         return (out, out2) if lat2 is not None else out
     out3 = _as_3d(out, 1)
@@ -201,7 +205,7 @@ def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, g
     block_t, num_warps = _config(block_d)
     apply_rope = grid_sizes is not None
     grid = (triton.cdiv(total, block_t),)
-    with torch.cuda.device(lat.device) if lat.device.type == "cuda" else _nullcontext():
+    with torch.cuda.device(lat.device) if lat.device.type == "cuda" else contextlib.nullcontext():
         _pack_kernel[grid](
             lat3, txt3, out3, lat2_3, txt2_3, out2_3,
             cu_latent, cu_seqlens, grid_sizes if apply_rope else cu_seqlens, inv_freq if apply_rope else out3,
@@ -220,32 +224,25 @@ def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, g
     return (out, out2) if lat2 is not None else out
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def pack_tokens(latent, text, cu_latent, cu_seqlens, total):
-    """latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim) → packed (total, [heads,] dim)."""
-    return _launch_pack(latent, text, cu_latent, cu_seqlens, total)
+def pack_tokens(latent, text, cu_latent, cu_seqlens, total, out=None):
+    """latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim) → packed (total, [heads,] dim).
+    `out` (tests: a poisoned, canary-padded view) must have the output's shape and a contiguous last dim."""
+    return _launch_pack(latent, text, cu_latent, cu_seqlens, total, out=out)
 
 
 def pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim,
-                 total):
+                 total, q_out=None, k_out=None):
     """Pack q and k (each (total_latent, heads, head_dim) + (B, text_len, heads, head_dim)) applying the
     3-D RoPE to latent tokens; returns (q_packed, k_packed), each (total, heads, head_dim)."""
     return _launch_pack(q_latent, q_text, cu_latent, cu_seqlens, total, k_latent, k_text, grid_sizes, inv_freq,
-                        rope_axes_dim)
+                        rope_axes_dim, out=q_out, out2=k_out)
 
 
-def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len):
+def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, latent_out=None, text_out=None):
     """packed (total, [heads,] dim) → latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim)."""
     batch = cu_seqlens.shape[0] - 1
-    latent = packed.new_empty((total_latent, *packed.shape[1:]))
-    text = packed.new_empty((batch, text_len, *packed.shape[1:]))
+    latent = packed.new_empty((total_latent, *packed.shape[1:])) if latent_out is None else latent_out
+    text = packed.new_empty((batch, text_len, *packed.shape[1:])) if text_out is None else text_out
     packed3 = _as_3d(packed, 1)
     heads, head_dim = packed3.shape[1], packed3.shape[2]
     rows = total_latent + batch * text_len
@@ -256,10 +253,10 @@ def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len):
     block_d = triton.next_power_of_2(head_dim)
     block_t, num_warps = _config(block_d)
     grid = (triton.cdiv(rows, block_t),)
-    with torch.cuda.device(packed.device) if packed.device.type == "cuda" else _nullcontext():
+    with torch.cuda.device(packed.device) if packed.device.type == "cuda" else contextlib.nullcontext():
         _unpack_kernel[grid](
             packed3, lat3, txt3, cu_latent, cu_seqlens,
-            total_latent, batch, text_len, heads,
+            total_latent, batch, text_len, max(text_len, 1), heads,
             packed3.stride(0), packed3.stride(1),
             lat3.stride(0), lat3.stride(1),
             txt3.stride(0), txt3.stride(1), txt3.stride(2),

@@ -14,7 +14,8 @@ Layouts:
 
     X       (B, C, ts, hs, ws)    any float dtype, any strides
     AnchorT (ts,) AnchorH (hs,) AnchorW (ws,)   int32, the index in the target stage of every source
-            coordinate: strictly increasing, first 0, last = target size − 1
+            coordinate: strictly increasing, first 0, last = target size − 1 (a single source
+            coordinate: [0], repeated over the target)
     CoordT (td,) CoordH (hd,) CoordW (wd,)      int64, full-grid coordinates of the target stage
     Seeds   (B,) int64            per-sample noise seed
     Out     "bcthw": (B, C, td, hd, wd) contiguous

@@ -101,3 +101,39 @@ def hv15_prompt(batch=1, seed=1, negative=False):
         out[prefix + "prompt_embeds_2"] = torch.randn(batch, HV15_TEXT2_LEN, HV15_TEXT2_DIM, generator=g)
         out[prefix + "prompt_embeds_mask_2"] = mask2
     return out
+
+
+def hv15_i2v_pipe(seed=0, guidance_scale=1.0, shift=7.0, target_size=192):
+    """HV-1.5 I2V with a tiny SigLIP image encoder (384 px / patch 14 -> the pipeline's 729 image tokens)."""
+    from diffusers import ClassifierFreeGuidance, HunyuanVideo15ImageToVideoPipeline
+    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+    _seed(seed)
+    encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=HV15_IMAGE_DIM, intermediate_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=384, patch_size=14)).eval()
+    extractor = SiglipImageProcessorPil(size={"height": 384, "width": 384})
+    transformer = hv15_transformer(task_type="i2v", seed=seed)
+    transformer.register_to_config(target_size=target_size)
+    return HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=hv15_vae(seed), scheduler=flow_scheduler(shift),
+        text_encoder_2=None, tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=guidance_scale),
+        image_encoder=encoder, feature_extractor=extractor)
+
+
+def test_image(height=HEIGHT, width=WIDTH, seed=3):
+    """A deterministic RGB PIL image with structure (a gradient plus a square)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
+    img[height // 4:height // 2, width // 4:width // 2] = rng.integers(0, 255, 3)
+    return Image.fromarray(img.astype(np.uint8))
+
+
+def hv_i2v_pipe(image_condition_type="latent_concat", seed=0):
+    from diffusers import HunyuanVideoImageToVideoPipeline
+    channels = 2 * 4 + 1 if image_condition_type == "latent_concat" else 4
+    transformer = hv_transformer(image_condition_type=image_condition_type, in_channels=channels, seed=seed)
+    return HunyuanVideoImageToVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=hv_vae(seed),
+                                            scheduler=flow_scheduler(7.0), text_encoder_2=None, tokenizer_2=None,
+                                            image_processor=None)

@@ -9,6 +9,16 @@ from dvg_engine import demands as D
 from dvg_engine import planner as P
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tensors are tiny; on a shared 2-core machine torch's intra-op pool only adds spin-wait
+    (measured 1.8 s vs 0.05 s per call under load). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _moving_blob(vx, vy, frames=6, size=24, channels=4, sigma=3.0):
     """(1, C, T, H, W) Gaussian blob translating by (vx, vy) latent pixels per frame."""
     y = torch.arange(size, dtype=torch.float64)[:, None]
@@ -149,3 +159,59 @@ def test_plan_from_x0_checks_the_stage0_shape():
         P.plan_from_x0(grid, 50, 0.5, torch.randn(1, 32, 13, 44, 80))
     plan = P.plan_from_x0(grid, 50, 0.5, torch.randn(1, 16, 13, 45, 80), check_shape=False)[0]
     assert plan.planned
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_demands_match_cpu_with_one_host_read():
+    """On a GPU the demands stay on the device until one read (which also carries the finiteness check)."""
+    import warnings
+    g = torch.Generator().manual_seed(5)
+    x = _moving_blob(1.0, 0.5, channels=16) + 0.1 * torch.randn(1, 16, 6, 24, 24, generator=g)
+    x = torch.cat([x, torch.randn(1, 16, 6, 24, 24, generator=g)])
+    cpu = D.compute_demands(x)
+    gpu = D.compute_demands(x.cuda())
+    for a, b in zip(cpu, gpu):
+        assert b.S == pytest.approx(a.S, abs=1e-5) and b.f == pytest.approx(a.f, abs=1e-4)
+    xc = x.cuda().to(torch.bfloat16)
+    D.compute_demands(xc)                                # warm-up: per-device mask and Sobel caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            D.compute_demands(xc)
+            D.compute_demands(xc, plan_scope="batch")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 2, [str(w.message) for w in syncs]
+    bad = x.cuda().clone()
+    bad[1, 3, 2, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        D.compute_demands(bad)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 10.0), negate=st.booleans(), shift=st.floats(-5, 5),
+       roll_h=st.integers(0, 11), roll_w=st.integers(0, 13))
+def test_property_demands_invariances(seed, scale, negate, shift, roll_h, roll_w):
+    """S and f standardise their input: invariant under x -> a·x + b (a != 0); S also under circular
+    shifts in H and W (|DFT| is shift-invariant)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, 3, 4, 12, 14, generator=g)
+    base = base + torch.linspace(0, 2, 14)  # some smooth structure, so the flow is not pure noise
+    a = -scale if negate else scale
+    ref = D.compute_demands(base)[0]
+    affine = D.compute_demands(a * base + shift)[0]
+    rolled = D.compute_demands(torch.roll(base, shifts=(roll_h, roll_w), dims=(3, 4)))[0]
+    assert affine.S == pytest.approx(ref.S, abs=2e-5)
+    assert affine.f == pytest.approx(ref.f, rel=1e-3, abs=1e-5)
+    assert rolled.S == pytest.approx(ref.S, abs=2e-5)
+    assert 0.0 <= ref.S <= 1.0 and ref.f >= 0.0 and 0.0 <= ref.M < 1.0

@@ -158,3 +158,18 @@ def test_planner_parity_stage_axes_follow_latent_shapes(parity_path):
             assert all(a[-1] < n for a, n in zip(axes, latent))
         checked += 1
     assert checked == len(with_axes) > 0
+
+
+def test_resize_and_transition_stage_axes_parity(parity_path):
+    """The nested axes recorded with resize.json and transition.json cases (built from their latent
+    stage shapes) are what `stage_axes` produces."""
+    checked = total = 0
+    for name in ("resize.json", "transition.json"):
+        cases = _load(parity_path, name)
+        total += len(cases)
+        for case in cases:
+            shapes = case["stage_shapes"]
+            axes = P.stage_axes(shapes[-1], shapes)
+            assert [[list(a) for a in stage] for stage in axes] == case["stage_axes"], (name, case["key"])
+            checked += 1
+    assert checked == total

@@ -184,7 +184,7 @@ def test_transition_parity(parity_path):
                                  target_shape=case["stage_shapes"][src + 1], channels=case["latent_channels"],
                                  seeds=[case["noise_seed"]] * latents.shape[0], out_dtype=torch.float32)
         info = schedule.history[-1]
-        _check_transition_info(info, dict(case, to_stage=case["to_stage"]), key)
+        _check_transition_info(info, case, key)
         assert_verbose_allclose(schedule.sigmas, torch.tensor(case["sigmas_after"], dtype=torch.float64),
                                 atol=SIGMA_ATOL, name=f"{key} sigmas_after")
         assert_verbose_allclose(new_latents, torch.from_numpy(arrays[f"{key}_new_latents"]),
@@ -210,3 +210,28 @@ def test_flow_sigmas_parity_with_every_schedule(parity_path, model):
         assert_verbose_allclose(ours_timesteps / 1000, torch.tensor(timesteps, dtype=torch.float64) / 1000,
                                 atol=SIGMA_ATOL, name=f"{m} N={n} shift={shift} timesteps")
     assert total == sum(len(c["schedules"]) for c in _load(parity_path, "schedule.json"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transition_parity_cuda(parity_path):
+    """The same references on CUDA tensors (noise hash, resize, smoothing, re-noise on the GPU)."""
+    cases = _load(parity_path, "transition.json")
+    arrays = np.load(parity_path / "transition.npz")
+    checked = 0
+    for case in cases:
+        key, step, src = case["key"], case["step"], case["from_stage"]
+        schedule = StageSchedule(case["num_steps"], case["model"], case["stage0_flow_shift"])
+        for i in range(step):
+            if schedule.is_transition(i):
+                schedule.begin_transition(i)
+        axes = case["stage_axes"]
+        latents = torch.from_numpy(arrays[f"{key}_latents"]).cuda()
+        velocity = torch.from_numpy(arrays[f"{key}_velocity"]).cuda()
+        out = transition(latents, velocity, schedule=schedule, step=step, plan_axes=(axes[src], axes[src + 1]),
+                         target_shape=case["stage_shapes"][src + 1], channels=case["latent_channels"],
+                         seeds=case["noise_seed"])
+        assert out.device.type == "cuda"
+        assert_verbose_allclose(out.cpu(), torch.from_numpy(arrays[f"{key}_new_latents"]), atol=TRANSITION_ATOL,
+                                name=f"{key} new latents (cuda)")
+        checked += 1
+    assert checked == len(cases)

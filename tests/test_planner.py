@@ -2,6 +2,7 @@
 the exact feasible-budget set against a brute-force scan, and invariants under random inputs."""
 import json
 import math
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -235,6 +236,8 @@ def test_infeasible_budget_error_states_feasible_set():
                                     "tolerance=0.0200."
     assert P.format_intervals(intervals) in str(err) and "720x1280" in str(err) and "50 steps" in str(err)
     assert err.feasible_intervals == intervals and err.budget == 0.3
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.feasible_intervals == intervals
     with pytest.raises(P.InfeasibleBudgetError):
         P.plan_stages(grid, 50, 0.3, 0.3, 0.3)
     assert P.check_budget(grid, 50, 0.5) == 0.5
@@ -275,7 +278,7 @@ def _scan_budgets(intervals, step=2000):
 @pytest.mark.parametrize("model,h,w,f,n,accounting", [
     (HV, 720, 1280, 121, 50, "reference"), (HV, 720, 1280, 129, 50, "reference"),
     (HV, 368, 640, 33, 12, "executed"), (HV15, 480, 848, 33, 12, "reference"),
-    (HV15, 480, 848, 5, 4, "reference"), (HV, 720, 1280, 1, 30, "executed"), (HV15, 720, 1280, 61, 7, "reference"),
+    (HV15, 480, 848, 5, 4, "reference"), (HV, 720, 1280, 1, 30, "executed"), (HV15, 720, 1280, 61, 7, "reference"), (HV15, 368, 640, 129, 2, "reference"),
 ])
 def test_feasible_budget_intervals_match_brute_force(model, h, w, f, n, accounting):
     grid = P.full_grid(model, h, w, f)

@@ -300,7 +300,8 @@ def test_resize_single_frame_repeats_and_identity():
     assert torch.equal(out, x0.expand(1, 2, 5, 3, 3))
     assert out.is_contiguous()
     same = torch.randn(2, 2, 3, 4, 5)
-    assert torch.equal(resize_to_stage(same, (3, 4, 5), [0, 1, 2], [0, 1, 2, 3], list(range(5))), same)
+    identity = resize_to_stage(same, (3, 4, 5), [0, 1, 2], [0, 1, 2, 3], list(range(5)))
+    assert torch.equal(identity, same) and identity.data_ptr() != same.data_ptr()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
@@ -576,3 +577,24 @@ def test_cuda_noise_resize_transition_match_cpu():
     out_gpu, _ = run_first_transition(latents.cuda(), velocity.cuda(), axes3, [1, 2])
     assert out_gpu.device.type == "cuda"
     assert_verbose_allclose(out_gpu.cpu(), out_cpu, atol=2e-5, name="transition cuda vs cpu")
+
+
+def test_timestep_lookup_rules():
+    from dvg_engine.sampling import _index_for_timestep
+    ts = torch.tensor([1000.0, 900.0, 900.0, 800.0, 700.00005, 600.0])
+    assert _index_for_timestep(ts, torch.tensor(900.0), approximate=False) == 2  # several exact: the second
+    assert _index_for_timestep(ts, torch.tensor(800.0), approximate=False) == 3
+    assert _index_for_timestep(ts, torch.tensor(700.0), approximate=True) == 4  # within 1e-4
+    assert _index_for_timestep(ts, torch.tensor(640.0), approximate=True) == 5  # nearest
+    with pytest.raises(ValueError, match="timestep=640.0 is not in the current schedule"):
+        _index_for_timestep(ts, torch.tensor(640.0), approximate=False)
+
+
+def test_sampling_imports_neither_diffusers_nor_triton():
+    import subprocess
+    import sys
+    code = ("import sys, dvg_engine.sampling; "
+            "bad = [m for m in ('diffusers', 'triton') if m in sys.modules]; "
+            "sys.exit('imported: ' + ', '.join(bad) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or result.stdout

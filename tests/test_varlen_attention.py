@@ -37,8 +37,19 @@ def _kernels():
     return kernels
 
 
-def _config(block_m, block_n):
-    return _kernels().AttentionConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=1 if not on_gpu else 2)
+def _config(block_m, block_n, use_tma=False):
+    return _kernels().AttentionConfig(block_m=block_m, block_n=block_n, num_warps=4,
+                                      num_stages=1 if not on_gpu else 2, use_tma=use_tma)
+
+
+def _tma_possible():
+    """TMA descriptors run under the interpreter (CPU) and on sm90+ GPUs."""
+    if triton_missing or not CPU_OK or _kernels()._tensor_descriptor_class() is None:
+        return False
+    return not on_gpu or torch.cuda.get_device_capability()[0] >= 9
+
+
+needs_tma = pytest.mark.skipif(not CPU_OK or triton_missing, reason="needs the interpreter or a GPU")
 
 
 def _make_inputs(lens_q, lens_k, heads_q, heads_kv, head_dim, dtype, device=DEVICE, seed=0):
@@ -102,6 +113,59 @@ def test_triton_matches_fp64_reference_twice_rule(case, dtype):
     # The independent per-sequence SDPA loop agrees too (guards against a wrong shared reference).
     loop = _per_sequence_sdpa(q, k, v, lens_q, lens_k, 1.0 / math.sqrt(d))
     assert_verbose_allclose(ref64, loop, atol=1e-12, name="reference vs SDPA loop")
+
+
+@needs_tma
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", ["awkward-lengths", "unequal-q-k", "empty-and-keyless", "head-dim-128-gqa"])
+def test_tma_descriptor_path_matches_fp64_reference(case, dtype):
+    """The K/V loads through 2-D TMA descriptors: rows past a sequence come from the next sequence (or
+    zero fill past total) and must be masked out exactly like the pointer path's masked loads."""
+    if not _tma_possible():
+        pytest.skip("no TMA here (needs triton.tools.tensor_descriptor and the interpreter or an sm90+ GPU)")
+    lens_q, lens_k, hq, hk, d, bm, bn = CASES[case]
+    q, k, v, cu_q, cu_k = _make_inputs(lens_q, lens_k, hq, hk, d, dtype)
+    assert _kernels().tma_supported(q, k, v)
+    out, lse = _run_triton(q, k, v, cu_q, cu_k, lens_q, lens_k, config=_config(bm, bn, use_tma=True))
+    ref64, lse64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k, return_lse=True)
+    torch_out = varlen_attention_ref(q, k, v, cu_q, cu_k, upcast=False)
+    assert_twice_torch_error(out, torch_out, ref64, name=f"tma out[{case}]")
+    assert_verbose_allclose(lse, lse64, atol=1e-5, rtol=1e-5, name=f"tma lse[{case}]")
+
+
+@needs_tma
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # the interpreter's numpy meets inf - inf
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+def test_non_finite_values_do_not_leak_across_sequences_or_past_total(use_tma):
+    """inf / NaN in one sequence's K and V (and NaN past the end of the buffers) must not reach the rows of
+    another sequence: the tail block of sequence 0 overlaps sequence 1's first rows."""
+    if use_tma and not _tma_possible():
+        pytest.skip("no TMA here")
+    lens = [20, 12]
+    q, k, v, cu_q, cu_k = _make_inputs(lens, lens, 2, 2, 64, torch.float32)
+    pad = 16
+    kb = torch.full((32 + pad, 2, 64), float("nan"))
+    vb = torch.full((32 + pad, 2, 64), float("nan"))
+    kb[:32], vb[:32] = k, v
+    kb[20:32] = float("inf")
+    vb[20:32] = float("-inf")
+    kb, vb = kb.to(DEVICE), vb.to(DEVICE)
+    out, lse = _run_triton(q, kb[:32], vb[:32], cu_q, cu_k, lens, lens, config=_config(16, 16, use_tma=use_tma))
+    ref64, lse64 = varlen_attention_ref(q[:20].double(), k[:20].double(), v[:20].double(),
+                                        cu_q[:2], cu_k[:2], return_lse=True)
+    assert_verbose_allclose(out[:20], ref64, atol=1e-5, name="sequence 0 beside a non-finite sequence")
+    assert_verbose_allclose(lse[:, :20], lse64, atol=1e-5, rtol=1e-5, name="lse of sequence 0")
+
+
+@needs_tma
+def test_tma_config_rejected_where_unsupported():
+    q, k, v, cu_q, cu_k = _make_inputs([17], [17], 2, 2, 40, torch.float32)  # head_dim 40: padded columns
+    assert not _kernels().tma_supported(q, k, v)
+    with pytest.raises(ValueError, match="use_tma=False"):
+        _run_triton(q, k, v, cu_q, cu_k, [17], [17], config=_config(16, 16, use_tma=True))
+    q, k, v, cu_q, cu_k = _make_inputs([17], [17], 2, 2, 64, torch.float32)
+    strided = torch.zeros(17, 2, 72, device=DEVICE)[:, :, :64]  # heads not packed densely in the row
+    assert not _kernels().tma_supported(q, strided, v)
 
 
 @needs_triton
@@ -369,6 +433,54 @@ def test_gpu_explicit_configs_fp32_ieee(config):
     torch_out = varlen_attention_ref(q, k, v, cu_q, cu_k, upcast=False)
     assert_twice_torch_error(out, torch_out, ref64, name=f"fp32 {config}")
     assert_verbose_allclose(lse, lse64, atol=1e-5, rtol=1e-5, name=f"lse {config}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_gpu_every_candidate_config(dtype, head_dim):
+    """Each config the autotuner may pick compiles and is correct (the autotuner would otherwise only
+    surface a broken config on the shape that happens to select it)."""
+    kernels = _kernels()
+    lens = [700, 129, 1, 0, 333]
+    q, k, v, cu_q, cu_k = _make_inputs(lens, lens, 8, 4, head_dim, dtype, device="cuda")
+    ref64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k)
+    torch_out = varlen_attention_ref(q, k, v, cu_q, cu_k, upcast=False)
+    configs = kernels.candidate_configs(kernels.block_d_for(head_dim), q.element_size(),
+                                        kernels.tma_supported(q, k, v))
+    assert configs
+    for config in configs:
+        try:
+            out, _ = _run_triton(q, k, v, cu_q, cu_k, lens, lens, config=config)
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfResources":
+                continue  # does not fit this GPU; the autotuner skips it the same way
+            raise
+        assert_twice_torch_error(out, torch_out, ref64, name=f"{config}")
+
+
+@needs_cuda
+def test_gpu_int64_offsets():
+    """Token offsets × token stride past 2**31 elements (a strided view into a 6 GiB buffer)."""
+    stride_tok = 1 << 20
+    lens = [1500, 1600]
+    total = sum(lens)
+    try:
+        buf = torch.zeros(total * stride_tok, dtype=torch.float16, device="cuda")
+    except torch.OutOfMemoryError:
+        pytest.skip("not enough GPU memory for the 6 GiB buffer")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = buf.as_strided((total, 2, 64), (stride_tok, 64, 1))
+    q.copy_(torch.randn(total, 2, 64, device="cuda", dtype=torch.float16, generator=gen))
+    assert (total - 1) * stride_tok > 2 ** 31
+    cu = cu_seqlens_from_lengths(lens, "cuda")
+    with _registry.use_backend("triton"):
+        out = varlen_attention(q, q, q, cu, cu, max(lens), max(lens))
+    qc = q.contiguous()
+    del buf, q
+    ref64 = varlen_attention_ref(qc.double(), qc.double(), qc.double(), cu, cu)
+    torch_out = varlen_attention_ref(qc, qc, qc, cu, cu, upcast=False)
+    assert_twice_torch_error(out, torch_out, ref64, name="int64 offsets")
 
 
 @needs_cuda

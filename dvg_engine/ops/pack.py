@@ -117,6 +117,8 @@ def rope_inv_freq(rope_axes_dim: Sequence[int] = DEFAULT_ROPE_AXES_DIM, theta: f
     device = torch.device(device if device is not None else "cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if torch.compiler.is_compiling():  # traced into the graph instead (dynamo ignores lru_cache)
+        return _rope_inv_freq_uncached(axes, theta, device)
     return _rope_inv_freq_cached(axes, theta, device)
 
 
@@ -195,9 +197,8 @@ def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, val
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         _fail(op, "total", total, "a non-negative int (cu_seqlens[-1], known on the host)")
     batch = text.shape[0]
-    lat = check_cu_seqlens(op, "cu_latent", cu_latent, latent.device, latent.shape[0], validate)
-    seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, latent.device, total, validate)
     for name, cu in (("cu_latent", cu_latent), ("cu_seqlens", cu_seqlens)):
+        check_cu_seqlens(op, name, cu, latent.device, 0, False)
         if cu.shape[0] != batch + 1:
             _fail(op, name, cu, f"shape ({batch + 1},) (text has batch {batch})")
     if grid_sizes is not None:
@@ -206,8 +207,10 @@ def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, val
                 grid_sizes.device != latent.device:
             _fail(op, "grid_sizes", grid_sizes, f"a contiguous int32 tensor of shape ({batch}, 3) on {latent.device}: "
                   "the (T, H, W) token grid of every sample")
-    if lat is None or seq is None:
+    if not validate:
         return
+    lat = check_cu_seqlens(op, "cu_latent", cu_latent, latent.device, latent.shape[0], True)
+    seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, latent.device, total, True)
     text_len = text.shape[1]
     for b in range(batch):
         n_lat = lat[b + 1] - lat[b]
@@ -229,12 +232,14 @@ def _validate_unpack(op: str, packed, cu_latent, cu_seqlens, total_latent: int, 
     for name, value in (("total_latent", total_latent), ("text_len", text_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(op, name, value, "a non-negative int (known on the host)")
-    lat = check_cu_seqlens(op, "cu_latent", cu_latent, packed.device, total_latent, validate)
-    seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], validate)
+    check_cu_seqlens(op, "cu_latent", cu_latent, packed.device, total_latent, False)
+    check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], False)
     if cu_latent.shape != cu_seqlens.shape:
         _fail(op, "cu_latent", cu_latent, f"the shape of cu_seqlens {tuple(cu_seqlens.shape)}")
-    if lat is None or seq is None:
+    if not validate:
         return
+    lat = check_cu_seqlens(op, "cu_latent", cu_latent, packed.device, total_latent, True)
+    seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], True)
     for b in range(len(lat) - 1):
         n_lat = lat[b + 1] - lat[b]
         n_txt = seq[b + 1] - seq[b] - n_lat

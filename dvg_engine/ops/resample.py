@@ -13,7 +13,8 @@ Schema (`torch.ops.dvg.resample_renoise`):
     x0        (B, C, ts, hs, ws)  float16 / bfloat16 / float32 / float64, any strides
     anchor_t  (ts,) int32   anchor_h (hs,) int32   anchor_w (ws,) int32
               index in the target stage of every source coordinate: strictly increasing, first 0,
-              last = target size − 1 (`dvg_engine.sampling.stage_anchors`)
+              last = target size − 1; a single source coordinate is [0] (its value is repeated)
+              (`dvg_engine.sampling.stage_anchors`)
     coord_t   (td,) int64   coord_h (hd,) int64    coord_w (wd,) int64
               full-grid coordinates of the target stage (its nested axes, dvg-spec §8), ≥ 0
     seeds     (B,) int64    per-sample noise seed (reference: 12345 for every sample)
@@ -81,6 +82,10 @@ def _check_patch(patch) -> Tuple[int, int, int]:
 
 def _check_anchor_contents(name: str, anchors: Tensor, target: int) -> None:
     values = anchors.tolist()
+    if len(values) == 1:  # a nested axis of size 1 is [0] whatever the next stage's size (dvg-spec §8)
+        if values != [0]:
+            fail(name, values, f"[0] (one source coordinate, target size {target})")
+        return
     allowed = (f"strictly increasing indices into the target size {target}, first 0 and last {target - 1}")
     if values[0] != 0 or values[-1] != target - 1 or any(b <= a for a, b in zip(values, values[1:])):
         fail(name, values, allowed)
@@ -239,6 +244,11 @@ def _load_cpp():
 
 
 _STALE_CPP_WARNED = []
+
+
+def _cpp_kernel_available() -> bool:
+    """True when dvg_engine._C is built and contains this op's C++ kernel."""
+    return _registry.cpp_available() and hasattr(torch.ops.dvg, "_cpp_resample_renoise")
 
 
 def _impls() -> Dict[str, object]:
