@@ -21,6 +21,7 @@ Usage:
     python benchmarks/bench_attention.py --quick    # two shapes
     python benchmarks/bench_attention.py --check    # GPU correctness sweep, prints PASS / FAIL, exit 1 on FAIL
     python benchmarks/bench_attention.py --sweep    # every kernel config timed explicitly (for retuning)
+    python benchmarks/bench_attention.py --aot 90   # no GPU: what each config compiles to on sm90
 
 Works with torch ≥ 2.3 and triton ≥ 3.0 (the GPU host may be older than this repository's CPU env).
 """
@@ -30,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -273,9 +275,12 @@ CHECK_SHAPES = [
 ]
 
 
-def check(device: str = "cuda") -> bool:
+def check(device: str = "cuda", dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16, torch.float32),
+          shapes: Sequence = tuple(CHECK_SHAPES), sweep_dtype: Optional[torch.dtype] = torch.bfloat16) -> bool:
     """Run the kernel (autotuned, and every explicit config the autotuner may pick) against an fp64
-    reference with the 2x rule; print PASS / FAIL per case. Returns True when everything passed."""
+    reference with the 2x rule; print PASS / FAIL per case. Returns True when everything passed.
+    The config sweep runs at the 24-head × 128 shapes in `sweep_dtype` only (each compile costs seconds;
+    None skips it)."""
     from dvg_engine.kernels import varlen_attention as kernels
     from dvg_engine.ops import _registry
     from dvg_engine.ops.attention import cu_seqlens_from_lengths, varlen_attention, varlen_attention_ref
@@ -300,8 +305,12 @@ def check(device: str = "cuda") -> bool:
         ok = (k_err == k_err) and k_err <= 2 * t_err + floor[q.dtype] and lse_ok
         report(label, ok, f"max err {k_err:.3g} (torch same-dtype {t_err:.3g}), lse {'ok' if lse_ok else 'WRONG'}")
 
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for lens_q, lens_k, hq, hk, d in CHECK_SHAPES:
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for dtype in dtypes:
+        for lens_q, lens_k, hq, hk, d in shapes:
             if dtype == torch.float32 and sum(lens_q) > 1000:
                 continue
             gen = torch.Generator(device=device).manual_seed(1)
@@ -313,18 +322,18 @@ def check(device: str = "cuda") -> bool:
             try:
                 with _registry.use_backend("triton"):
                     out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), return_lse=True)
-                torch.cuda.synchronize()
+                sync()
                 compare("autotuned " + label, q, k, v, cu_q, cu_k, out, lse)
             except Exception as exc:
                 report("autotuned " + label, False, f"raised {type(exc).__name__}: {exc}")
-            if (hq, d) != (24, 128) or dtype == torch.float32:
-                continue
+            if (hq, d) != (24, 128) or dtype != sweep_dtype:
+                continue  # every config once, at the production shape and dtype (compiles cost seconds each)
             block_d = kernels.block_d_for(d)
             for config in kernels.candidate_configs(block_d, q.element_size(), kernels.tma_supported(q, k, v)):
                 try:
                     out, lse = kernels.varlen_attention_fwd(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k),
                                                             1.0 / math.sqrt(d), True, config=config)
-                    torch.cuda.synchronize()
+                    sync()
                     compare(f"{config} " + label, q, k, v, cu_q, cu_k, out, lse)
                 except Exception as exc:
                     if type(exc).__name__ == "OutOfResources":  # the autotuner skips these the same way
@@ -333,6 +342,73 @@ def check(device: str = "cuda") -> bool:
                     report(f"{config} " + label, False, f"raised {type(exc).__name__}: {exc}")
     print(f"\n{'PASS' if failures == 0 else 'FAIL'}: {total - failures}/{total} checks passed")
     return failures == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# --aot: compile for a GPU target without a GPU
+# ---------------------------------------------------------------------------------------------------
+
+def aot_compile(arch: int, dtype: str, head_dim: int, config, return_lse: bool = False) -> dict:
+    """Compile the kernel for CUDA sm<arch> through Triton's ahead-of-time path (no GPU needed; call with
+    TRITON_INTERPRET unset in the process) and describe the result: shared memory bytes, whether the PTX
+    uses Hopper warpgroup MMA / TMA bulk copies, and, where cuobjdump ships with Triton, the registers
+    and spill stack per thread. dtype is Triton's name: 'bf16', 'fp16' or 'fp32'."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dvg_engine.kernels import varlen_attention as kernels
+    fn = kernels._varlen_attention_fwd_kernel
+    block_d = kernels.block_d_for(head_dim)
+    ptr = "*" + dtype
+    desc = f"tensordesc<{dtype}[{config.block_n}, {block_d}]>" if config.use_tma else ptr
+    signature = {"Q": ptr, "K": ptr, "V": ptr, "K_desc": desc, "V_desc": desc, "Out": ptr,
+                 "Lse": "*fp32" if return_lse else ptr, "CuSeqlensQ": "*i32", "CuSeqlensK": "*i32",
+                 "qk_scale_log2": "fp32"}
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                      USE_TMA=config.use_tma, RETURN_LSE=return_lse,
+                      DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    for name in fn.arg_names:
+        signature.setdefault(name, "constexpr" if name in constexprs else "i32")
+    # 16-divisible pointers and strides, as the launcher specialises them on a real launch.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if signature[name].startswith("*") or name.startswith("stride")}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    ptx = compiled.asm["ptx"]
+    info = {"shared": compiled.metadata.shared, "wgmma": "wgmma" in ptx, "tma": "cp.async.bulk.tensor" in ptx}
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cuobjdump = cuobjdump if os.path.exists(cuobjdump) else shutil.which("cuobjdump")
+    if cuobjdump and "cubin" in compiled.asm:
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+            fh.write(compiled.asm["cubin"])
+            fh.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", fh.name], capture_output=True, text=True).stdout
+        for key, field in (("registers", "REG"), ("spill_stack", "STACK")):
+            found = [int(x) for x in re.findall(rf"{field}:(\d+)", usage)]
+            if found:
+                info[key] = max(found)
+    return info
+
+
+def aot_report(arch: int, dtype: str = "bf16", head_dim: int = HEAD_DIM) -> None:
+    """Print what every candidate config compiles to on sm<arch> (for tuning without a GPU)."""
+    from dvg_engine.kernels import varlen_attention as kernels
+    element_bytes = 4 if dtype == "fp32" else 2
+    tma_ok = arch >= 90 and head_dim == kernels.block_d_for(head_dim)
+    for config in kernels.candidate_configs(kernels.block_d_for(head_dim), element_bytes, tma_ok):
+        try:
+            info = aot_compile(arch, dtype, head_dim, config)
+            print(f"sm{arch} {dtype} d={head_dim} {config}: " + " ".join(f"{k}={v}" for k, v in info.items()),
+                  flush=True)
+        except Exception as exc:
+            print(f"sm{arch} {dtype} d={head_dim} {config}: FAILED {type(exc).__name__}: {str(exc)[:400]}",
+                  flush=True)
 
 
 def _environment() -> dict:
@@ -357,7 +433,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="time every candidate kernel config explicitly")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--json", default=None, help="write the rows and the environment to this file")
+    parser.add_argument("--aot", type=int, default=None, metavar="ARCH",
+                        help="no GPU needed: compile every candidate config for sm<ARCH> (e.g. 90) and print "
+                             "shared memory, registers and spills (--dtype, --head-dim)")
+    parser.add_argument("--head-dim", type=int, default=HEAD_DIM)
     args = parser.parse_args(argv)
+    if args.aot is not None:
+        os.environ.pop("TRITON_INTERPRET", None)
+        aot_report(args.aot, {"bfloat16": "bf16", "float16": "fp16"}[args.dtype], args.head_dim)
+        return 0
     if not torch.cuda.is_available():
         print("bench_attention: no CUDA GPU found; nothing to run")
         return 0

@@ -10,8 +10,8 @@
 // Registered as dvg::_cpp_resample_renoise; the public op dvg::resample_renoise (Python,
 // dvg_engine/ops/resample.py) validates the arguments and dispatches here.
 //
-// Parallel over (b, c, t) planes with at::parallel_for (torch's intra-op pool, so
-// torch.set_num_threads applies). Every float operation is rounded as the torch reference rounds it
+// Parallel over (c, t) planes with at::parallel_for (torch's intra-op pool, so torch.set_num_threads
+// applies), samples inner so that samples with equal seeds compute the noise once. Every float operation is rounded as the torch reference rounds it
 // (area sum in row-major order then halvings, lerp as one fused multiply-add from the nearer end,
 // 0.7·x and 0.3·pooled rounded separately, IEEE divisions), and the hash/Box–Muller run in
 // uint64/double, so the result equals the reference bit for bit on the same CPU: fp contraction is
@@ -19,11 +19,27 @@
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DVG_X86_SIMD 1
+#include <immintrin.h>
+// SLEEF's vector log/cos, exported by libtorch_cpu: the very functions torch.log / torch.cos run on
+// float64 tensors at the AVX512 / AVX2 CPU capability, i.e. what the reference noise is computed
+// with. Weak, so the extension still loads (and falls back to libm) with a torch build without them.
+extern "C" {
+__m512d Sleef_logd8_u10(__m512d) __attribute__((weak));
+__m512d Sleef_cosd8_u10(__m512d) __attribute__((weak));
+__m256d Sleef_logd4_u10(__m256d) __attribute__((weak));
+__m256d Sleef_cosd4_u10(__m256d) __attribute__((weak));
+}
+#endif
 
 // After the includes, so only this file's functions are affected.
 #if defined(__clang__)
@@ -73,6 +89,93 @@ inline float coordinate_noise(uint64_t base) {
   const double u1 = uniform_from_hash(mix64(base));
   const double u2 = uniform_from_hash(mix64(base + K_G));
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(TWO_PI * u2));
+}
+
+// One row of the noise field: out[i] = ε(row_hash + col_hash[i]) for i < n. The log and cos dominate the
+// op's CPU cost (scalar libm: ~3/4 of it), so they run on SIMD vectors where the CPU has them.
+void noise_row_scalar(uint64_t row_hash, const uint64_t* col_hash, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = coordinate_noise(row_hash + col_hash[i]);
+}
+
+#ifdef DVG_X86_SIMD
+// AVX-512: the hash too runs 8 lanes wide (AVX512DQ has the 64-bit multiply, AVX512F the arithmetic
+// 64-bit shift the reference's int64 `>>` needs).
+__attribute__((target("avx512f,avx512dq"))) inline __m512i mix64_avx512(__m512i x) {
+  x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srai_epi64(x, 30)), _mm512_set1_epi64(static_cast<int64_t>(K_M1)));
+  x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srai_epi64(x, 27)), _mm512_set1_epi64(static_cast<int64_t>(K_M2)));
+  return _mm512_xor_si512(x, _mm512_srai_epi64(x, 31));
+}
+
+__attribute__((target("avx512f,avx512dq"))) inline __m512d uniform_avx512(__m512i h) {
+  // low 53 bits → double is exact; + 0.5 rounds to nearest as the reference's float64 add does
+  const __m512d low = _mm512_cvtepi64_pd(_mm512_and_si512(h, _mm512_set1_epi64(static_cast<int64_t>(LOW53))));
+  const __m512d u = _mm512_mul_pd(_mm512_add_pd(low, _mm512_set1_pd(0.5)), _mm512_set1_pd(TWO_POW_M53));
+  return _mm512_min_pd(_mm512_max_pd(u, _mm512_set1_pd(U_LOW)), _mm512_set1_pd(U_HIGH));
+}
+
+__attribute__((target("avx512f,avx512dq"))) void noise_row_avx512(uint64_t row_hash, const uint64_t* col_hash,
+                                                                  int64_t n, float* out) {
+  alignas(32) float result[8];
+  const __m512i row = _mm512_set1_epi64(static_cast<int64_t>(row_hash));
+  const __m512i second_stream = _mm512_set1_epi64(static_cast<int64_t>(K_G));
+  for (int64_t start = 0; start < n; start += 8) {
+    const int64_t count = std::min<int64_t>(8, n - start);
+    const __mmask8 lanes = static_cast<__mmask8>((1u << count) - 1u);
+    const __m512i base = _mm512_add_epi64(row, _mm512_maskz_loadu_epi64(lanes, col_hash + start));
+    const __m512d u1 = uniform_avx512(mix64_avx512(base));
+    const __m512d u2 = uniform_avx512(mix64_avx512(_mm512_add_epi64(base, second_stream)));
+    // the reference's order: sqrt(−2·log u1) · cos((2π)·u2), each op rounded in float64
+    const __m512d radius = _mm512_sqrt_pd(_mm512_mul_pd(_mm512_set1_pd(-2.0), Sleef_logd8_u10(u1)));
+    const __m512d angle = Sleef_cosd8_u10(_mm512_mul_pd(_mm512_set1_pd(TWO_PI), u2));
+    const __m256 noise = _mm512_cvtpd_ps(_mm512_mul_pd(radius, angle));
+    if (count == 8) {
+      _mm256_storeu_ps(out + start, noise);
+    } else {
+      _mm256_store_ps(result, noise);
+      for (int64_t i = 0; i < count; ++i) out[start + i] = result[i];
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void noise_row_avx2(uint64_t row_hash, const uint64_t* col_hash, int64_t n,
+                                                        float* out) {
+  alignas(32) double u1[4], u2[4];
+  alignas(16) float result[4];
+  for (int64_t start = 0; start < n; start += 4) {
+    const int64_t count = std::min<int64_t>(4, n - start);
+    for (int64_t i = 0; i < 4; ++i) {
+      const uint64_t base = row_hash + col_hash[start + std::min<int64_t>(i, count - 1)];
+      u1[i] = uniform_from_hash(mix64(base));
+      u2[i] = uniform_from_hash(mix64(base + K_G));
+    }
+    const __m256d radius = _mm256_sqrt_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), Sleef_logd4_u10(_mm256_load_pd(u1))));
+    const __m256d angle = Sleef_cosd4_u10(_mm256_mul_pd(_mm256_set1_pd(TWO_PI), _mm256_load_pd(u2)));
+    _mm_store_ps(result, _mm256_cvtpd_ps(_mm256_mul_pd(radius, angle)));
+    for (int64_t i = 0; i < count; ++i) out[start + i] = result[i];
+  }
+}
+#endif
+
+using NoiseRowFn = void (*)(uint64_t, const uint64_t*, int64_t, float*);
+
+// Follows torch's own CPU capability (ATEN_CPU_CAPABILITY), so the vector width matches the one the
+// reference's torch.log / torch.cos use.
+NoiseRowFn select_noise_row() {
+#ifdef DVG_X86_SIMD
+  const std::string capability = at::get_cpu_capability();
+  if (capability == "AVX512" && Sleef_logd8_u10 && Sleef_cosd8_u10 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512dq"))
+    return noise_row_avx512;
+  if ((capability == "AVX512" || capability == "AVX2") && Sleef_logd4_u10 && Sleef_cosd4_u10 &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return noise_row_avx2;
+#endif
+  return noise_row_scalar;
+}
+
+NoiseRowFn noise_row() {
+  static const NoiseRowFn fn = select_noise_row();
+  return fn;
 }
 
 // Per target position on one spatial axis: the area window [first, first + (two ? 2 : 1)) of the
@@ -172,53 +275,75 @@ void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t*
     col_off[w] = tokens ? (w / pw) * token_dim + w % pw : w;
   }
 
-  const int64_t n_planes = batch * channels * t_d;
+  // Parallel over (c, t) planes with the samples inner: the noise of a plane depends on the seed, not on
+  // the sample, so samples sharing a seed (the reference's 12345 for every sample) reuse one field.
+  const NoiseRowFn fill_noise_row = noise_row();
+  const int64_t n_planes = channels * t_d;
   at::parallel_for(0, n_planes, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> plane_values(smoothing ? h_d * w_d : 0);
+    std::vector<float> plane_noise(h_d * w_d);
+    std::vector<float> row_values(w_d);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t t = plane % t_d;
-      const int64_t c = (plane / t_d) % channels;
-      const int64_t b = plane / (t_d * channels);
+      const int64_t c = plane / t_d;
       const FrameLerp& lt = lerps[t];
-      const in_t* frame_l = x + b * sx_b + c * sx_c + lt.left * sx_t;
-      const in_t* frame_r = x + b * sx_b + c * sx_c + lt.right * sx_t;
-      // anchor frames (weight 0 or 1) read one source frame only
-      auto upsampled = [&](int64_t h, int64_t w) -> float {
-        const AxisTap& th = taps_h[h];
-        const AxisTap& tw = taps_w[w];
-        const float start = lt.weight < 1.0f ? area_value(frame_l, sx_h, sx_w, th, tw) : 0.0f;
-        const float end_v = lt.weight > 0.0f ? area_value(frame_r, sx_h, sx_w, th, tw) : 0.0f;
-        return lerp_like_torch(start, end_v, lt.weight);
-      };
-      if (smoothing) {
-        for (int64_t h = 0; h < h_d; ++h)
-          for (int64_t w = 0; w < w_d; ++w) plane_values[h * w_d + w] = upsampled(h, w);
-      }
-      const uint64_t plane_hash = static_cast<uint64_t>(coord_t[t]) * K_T + static_cast<uint64_t>(c) * K_C +
-                                  static_cast<uint64_t>(seeds[b]) * K_S;
-      for (int64_t h = 0; h < h_d; ++h) {
-        const uint64_t row_hash = plane_hash + static_cast<uint64_t>(coord_h[h]) * K_H;
-        const int64_t row_off =
-            tokens ? b * n_tokens * token_dim + ((t / pt) * tokens_h + h / ph) * tokens_w * token_dim +
-                         ((c * pt + t % pt) * ph + h % ph) * pw
-                   : ((b * channels + c) * t_d + t) * h_d * w_d + h * w_d;
-        const int64_t h_lo = std::max<int64_t>(h - 1, 0), h_hi = std::min<int64_t>(h + 1, h_d - 1);
-        for (int64_t w = 0; w < w_d; ++w) {
-          float value;
+      for (int64_t b = 0; b < batch; ++b) {
+        if (b == 0 || seeds[b] != seeds[b - 1]) {
+          const uint64_t plane_hash = static_cast<uint64_t>(coord_t[t]) * K_T + static_cast<uint64_t>(c) * K_C +
+                                      static_cast<uint64_t>(seeds[b]) * K_S;
+          for (int64_t h = 0; h < h_d; ++h)
+            fill_noise_row(plane_hash + static_cast<uint64_t>(coord_h[h]) * K_H, col_hash.data(), w_d,
+                           plane_noise.data() + h * w_d);
+        }
+        const in_t* frame_l = x + b * sx_b + c * sx_c + lt.left * sx_t;
+        const in_t* frame_r = x + b * sx_b + c * sx_c + lt.right * sx_t;
+        // anchor frames (weight 0 or 1) read one source frame only
+        auto upsampled = [&](int64_t h, int64_t w) -> float {
+          const AxisTap& th = taps_h[h];
+          const AxisTap& tw = taps_w[w];
+          const float start = lt.weight < 1.0f ? area_value(frame_l, sx_h, sx_w, th, tw) : 0.0f;
+          const float end_v = lt.weight > 0.0f ? area_value(frame_r, sx_h, sx_w, th, tw) : 0.0f;
+          return lerp_like_torch(start, end_v, lt.weight);
+        };
+        if (smoothing) {
+          for (int64_t h = 0; h < h_d; ++h)
+            for (int64_t w = 0; w < w_d; ++w) plane_values[h * w_d + w] = upsampled(h, w);
+        }
+        for (int64_t h = 0; h < h_d; ++h) {
           if (smoothing) {
-            const int64_t w_lo = std::max<int64_t>(w - 1, 0), w_hi = std::min<int64_t>(w + 1, w_d - 1);
-            float pooled = 0.0f;  // torch's avg_pool2d order: window rows outer, columns inner
-            for (int64_t ih = h_lo; ih <= h_hi; ++ih)
-              for (int64_t iw = w_lo; iw <= w_hi; ++iw) pooled += plane_values[ih * w_d + iw];
-            const float count = smoothing == 1 ? 9.0f : static_cast<float>((h_hi - h_lo + 1) * (w_hi - w_lo + 1));
-            pooled = pooled / count;
-            value = plane_values[h * w_d + w] * smooth_keep + pooled * smooth_mix;
+            const int64_t h_lo = std::max<int64_t>(h - 1, 0), h_hi = std::min<int64_t>(h + 1, h_d - 1);
+            const bool full_rows = h_hi - h_lo == 2;
+            for (int64_t w = 0; w < w_d; ++w) {
+              float pooled = 0.0f;  // torch's avg_pool2d order: window rows outer, columns inner
+              float count;
+              if (full_rows && w >= 1 && w + 1 < w_d) {  // interior: the whole window, unrolled
+                const float* r0 = plane_values.data() + (h - 1) * w_d + (w - 1);
+                const float* r1 = r0 + w_d;
+                const float* r2 = r1 + w_d;
+                pooled = ((((((((pooled + r0[0]) + r0[1]) + r0[2]) + r1[0]) + r1[1]) + r1[2]) + r2[0]) + r2[1]) + r2[2];
+                count = 9.0f;
+              } else {
+                const int64_t w_lo = std::max<int64_t>(w - 1, 0), w_hi = std::min<int64_t>(w + 1, w_d - 1);
+                for (int64_t ih = h_lo; ih <= h_hi; ++ih)
+                  for (int64_t iw = w_lo; iw <= w_hi; ++iw) pooled += plane_values[ih * w_d + iw];
+                count = smoothing == 1 ? 9.0f : static_cast<float>((h_hi - h_lo + 1) * (w_hi - w_lo + 1));
+              }
+              pooled = pooled / count;
+              row_values[w] = plane_values[h * w_d + w] * smooth_keep + pooled * smooth_mix;
+            }
           } else {
-            value = upsampled(h, w);
+            for (int64_t w = 0; w < w_d; ++w) row_values[w] = upsampled(h, w);
           }
-          const float eps = coordinate_noise(row_hash + col_hash[w]);
-          const float result = value * keep + eps * sigma32;
-          y[row_off + col_off[w]] = static_cast<out_t>(result);
+          const float* noise = plane_noise.data() + h * w_d;
+          if (tokens) {
+            const int64_t row_off = b * n_tokens * token_dim + ((t / pt) * tokens_h + h / ph) * tokens_w * token_dim +
+                                    ((c * pt + t % pt) * ph + h % ph) * pw;
+            for (int64_t w = 0; w < w_d; ++w)
+              y[row_off + col_off[w]] = static_cast<out_t>(row_values[w] * keep + noise[w] * sigma32);
+          } else {
+            out_t* row_out = y + ((b * channels + c) * t_d + t) * h_d * w_d + h * w_d;
+            for (int64_t w = 0; w < w_d; ++w) row_out[w] = static_cast<out_t>(row_values[w] * keep + noise[w] * sigma32);
+          }
         }
       }
     }

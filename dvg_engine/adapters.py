@@ -37,6 +37,8 @@ class Condition:
     kwargs: Dict[str, Any]
     text_lengths: List[int]
     text_seq_len: int
+    # per-sample host-side extras for the packed forward (HunyuanVideo-1.5: "text_parts")
+    packed_kwargs: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
 
     def select(self, indices: Sequence[int]) -> "Condition":
         """The condition restricted to the samples `indices` (for per-plan sample groups)."""
@@ -45,7 +47,8 @@ class Condition:
         index = torch.tensor(list(indices), dtype=torch.long)
         kwargs = {k: (v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
                       and v.shape[0] == len(self.text_lengths) else v) for k, v in self.kwargs.items()}
-        return Condition(self.name, kwargs, [self.text_lengths[i] for i in indices], self.text_seq_len)
+        packed = {k: [v[i] for i in indices] for k, v in self.packed_kwargs.items()}
+        return Condition(self.name, kwargs, [self.text_lengths[i] for i in indices], self.text_seq_len, packed)
 
 
 @dataclasses.dataclass
@@ -200,6 +203,13 @@ class HunyuanVideoAdapter(Adapter):
             prompt_attention_mask=args[prefix + "prompt_attention_mask"], device=device,
             max_sequence_length=args["max_sequence_length"])
         _text_len_check(prefix + "prompt_attention_mask", embeds, mask)
+        videos = int(args["num_videos_per_prompt"])
+        if videos > 1 and args[prefix + "prompt_embeds"] is not None:
+            # encode_prompt repeats what it encodes itself but passes precomputed embeddings through unchanged
+            # (the transformer would then fail on mismatched batches): repeat them per video, as for prompts
+            embeds, mask = embeds.repeat_interleave(videos, 0), mask.repeat_interleave(videos, 0)
+            if args[prefix + "pooled_prompt_embeds"] is not None:
+                pooled = pooled.repeat_interleave(videos, 0)
         lengths = prefix_lengths(prefix + "prompt_attention_mask", mask)
         return embeds.to(transformer_dtype), pooled.to(transformer_dtype), mask.to(transformer_dtype), lengths
 
@@ -395,7 +405,7 @@ class HunyuanVideo15Adapter(Adapter):
             prompt_embeds_mask_2=args[prefix + "prompt_embeds_mask_2"])
         lengths = prefix_lengths(prefix + "prompt_embeds_mask", mask)
         lengths2 = prefix_lengths(prefix + "prompt_embeds_mask_2", mask2)
-        return embeds, mask, embeds2, mask2, [a + b for a, b in zip(lengths, lengths2)]
+        return embeds, mask, embeds2, mask2, lengths, lengths2
 
     _TEXT_ARGS = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "prompt_embeds_mask",
                   "negative_prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2", "negative_prompt_embeds_2",
@@ -432,12 +442,13 @@ class HunyuanVideo15Adapter(Adapter):
             conds.append(self._encode(args, device, prompt_batch, negative=True))
         names = ("cond", "uncond")
         conditions = []
-        for name, (embeds, mask, embeds2, mask2, lengths) in zip(names, conds):
+        for name, (embeds, mask, embeds2, mask2, lengths, lengths2) in zip(names, conds):
             kwargs = dict(encoder_hidden_states=embeds, encoder_attention_mask=mask, encoder_hidden_states_2=embeds2,
                           encoder_attention_mask_2=mask2, image_embeds=image_embeds,
                           attention_kwargs=args["attention_kwargs"], return_dict=False)
-            conditions.append(Condition(name, kwargs, [n + image_valid for n in lengths],
-                                        image_tokens + embeds.shape[1] + embeds2.shape[1]))
+            parts = [(image_valid, n2, n1) for n1, n2 in zip(lengths, lengths2)]
+            conditions.append(Condition(name, kwargs, [sum(p) for p in parts],
+                                        image_tokens + embeds.shape[1] + embeds2.shape[1], {"text_parts": parts}))
         return Prepared(batch=batch, height=height, width=width, num_frames=num_frames,
                         num_steps=int(args["num_inference_steps"]), device=device, dtype=dtype,
                         latent_channels=self.latent_channels(), conditions=conditions, guidance=None,
@@ -469,12 +480,24 @@ class HunyuanVideo15Adapter(Adapter):
         }
         guider.set_state(step=step, num_inference_steps=prep.num_steps, timestep=timestep)
         guider_state = guider.prepare_inputs(guider_inputs)
+        predictions = []
         for batch in guider_state:
             guider.prepare_models(self.pipe.transformer)
             condition = by_mask[id(getattr(batch, "encoder_attention_mask"))]
-            batch.noise_pred = run_condition(condition, getattr(batch, guider._identifier_key))
+            predictions.append(run_condition(condition, getattr(batch, guider._identifier_key)))
             guider.cleanup_models(self.pipe.transformer)
-        return guider(guider_state)[0]
+        if isinstance(predictions[0], torch.Tensor):
+            for batch, prediction in zip(guider_state, predictions):
+                batch.noise_pred = prediction
+            return guider(guider_state)[0]
+        # per-sample predictions of different shapes (the packed forward): guide each sample on its own
+        # (classifier-free guidance is elementwise, so this equals guiding the batch)
+        out = []
+        for b in range(len(predictions[0])):
+            for batch, prediction in zip(guider_state, predictions):
+                batch.noise_pred = prediction[b]
+            out.append(guider(guider_state)[0])
+        return out
 
     def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
         latents = latents.to(prep.dtype)

@@ -10,8 +10,10 @@ with `device` ("cpu" or "cuda") and `quick` (bool). What `run` returns is render
 * a `list` of dicts: a table;
 * `None`: recorded as "no results returned".
 
-A module without `run` is listed as skipped; one that raises is recorded as FAILED with the one-line
-cause, the others still run, and the exit code is 1. The appended section starts with the machine,
+A module without `run` is listed as skipped, and so is one whose module-level `DEVICES` (e.g.
+`("cuda",)`) excludes the device, or whose `run` raises `BenchmarkSkipped("why")` (any exception class
+of that name, so a benchmark needs no import from this package). One that raises anything else is
+recorded as FAILED with the one-line cause, the others still run, and the exit code is 1. The appended section starts with the machine,
 date (UTC), commit and device, so every number in RESULTS.md says where it came from.
 """
 from __future__ import annotations
@@ -27,7 +29,11 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["main", "discover", "machine_info", "git_commit", "render_result", "format_section", "run_benchmarks"]
+class BenchmarkSkipped(Exception):
+    """Raised by a benchmark's run() that cannot run here (e.g. it needs CUDA): recorded as skipped."""
+
+
+__all__ = ["BenchmarkSkipped", "main", "discover", "machine_info", "git_commit", "render_result", "format_section", "run_benchmarks"]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -182,6 +188,13 @@ def _call_run(runner, device: str, quick: bool):
     return runner(**{k: v for k, v in (("device", device), ("quick", quick)) if k in params})
 
 
+def _failed(path: pathlib.Path, exc: BaseException, start: float, echo) -> Tuple[str, str, float, str]:
+    cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if echo:
+        echo(traceback.format_exc().rstrip())
+    return (path.stem, "FAILED", time.perf_counter() - start, f"**FAILED**: {cause}")
+
+
 def run_benchmarks(files: Sequence[pathlib.Path], device: str, quick: bool,
                    echo=None) -> List[Tuple[str, str, float, str]]:
     """Run each file's run(device, quick). Returns [(name, status, seconds, markdown)] with status
@@ -194,18 +207,25 @@ def run_benchmarks(files: Sequence[pathlib.Path], device: str, quick: bool,
         try:
             module = _import_file(path)
             runner = getattr(module, "run", None)
+            devices = getattr(module, "DEVICES", None)
             if runner is None:
                 outcomes.append((path.stem, "skipped", 0.0, "_skipped: the module has no run(device, quick)_"))
+                continue
+            if devices is not None and device not in devices:
+                outcomes.append((path.stem, "skipped", 0.0, f"_skipped: runs on {', '.join(devices)} only_"))
                 continue
             text = render_result(_call_run(runner, device, quick))
             outcomes.append((path.stem, "ok", time.perf_counter() - start, text))
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # one module's failure must not lose the others' numbers
-            cause = " ".join(f"{type(exc).__name__}: {exc}".split())
-            if echo:
-                echo(traceback.format_exc().rstrip())
-            outcomes.append((path.stem, "FAILED", time.perf_counter() - start, f"**FAILED**: {cause}"))
+        except Exception as exc:
+            if type(exc).__name__ != "BenchmarkSkipped":
+                outcomes.append(_failed(path, exc, start, echo))
+            else:
+                outcomes.append((path.stem, "skipped", time.perf_counter() - start,
+                                 f"_skipped: {' '.join(str(exc).split())}_"))
+        except BaseException as exc:  # one module's failure (even SystemExit) must not lose the others' numbers
+            outcomes.append(_failed(path, exc, start, echo))
         if echo:
             echo(f"dvg bench: {path.stem}: {outcomes[-1][1]} ({outcomes[-1][2]:.1f} s)")
     return outcomes

@@ -26,8 +26,8 @@ PROG = "dvg"
 
 SUPPORTED_PIPELINES = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideo15Pipeline",
                        "HunyuanVideo15ImageToVideoPipeline")
-# `--model tiny` selects the embedded random-weight pipeline of `dvg_engine.tiny` (no download).
-EMBEDDED_MODEL = "tiny"
+# `--model tiny` / `tiny-1.5` select the embedded random-weight pipelines of `dvg_engine.tiny` (no download).
+EMBEDDED_MODELS = {"tiny": "HunyuanVideoPipeline", "tiny-1.5": "HunyuanVideo15Pipeline"}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -145,9 +145,11 @@ def _add_generate(sub) -> None:
                        description="Load a HunyuanVideo / HunyuanVideo-1.5 pipeline (T2V or I2V) with "
                                    "DiffusionPipeline.from_pretrained (a Hub id or a local folder; HF_HUB_OFFLINE=1 "
                                    "uses only the local cache), compile it with DVG, generate, and write the video. "
-                                   "--model tiny uses the embedded random-weight HunyuanVideo (no download).")
+                                   "--model tiny (HunyuanVideo) or tiny-1.5 (HunyuanVideo-1.5) uses an embedded "
+                                   "random-weight pipeline (no download).")
     p.add_argument("--model", required=True, metavar="ID_OR_PATH",
-                   help="Hub id (e.g. hunyuanvideo-community/HunyuanVideo), a local pipeline folder, or 'tiny'")
+                   help="Hub id (e.g. hunyuanvideo-community/HunyuanVideo), a local pipeline folder, or 'tiny' / "
+                        "'tiny-1.5' (embedded random-weight pipelines)")
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt (repeat for a batch)")
     p.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt (HunyuanVideo: used with "
                                                              "--true-cfg-scale > 1; HunyuanVideo-1.5: its CFG)")
@@ -379,6 +381,10 @@ def _call_kwargs(pipe, args, batch: int, image) -> Dict[str, Any]:
         value = getattr(args, flag)
         if value is None:
             continue
+        if name == "guidance_scale" and name not in params and getattr(pipe, "guider", None) is not None:
+            # HunyuanVideo-1.5 takes its CFG scale from the pipeline's guider, not from __call__.
+            pipe.guider = pipe.guider.new(guidance_scale=value)
+            continue
         if name not in params:
             raise UsageError(f"argument --{flag.replace('_', '-')}: not supported by {type(pipe).__name__}")
         kwargs[name] = value
@@ -426,25 +432,43 @@ def _cmd_generate(args) -> int:
     if args.image is not None and not pathlib.Path(args.image).is_file():
         raise UsageError(f"argument --image: {args.image!r} does not exist; allowed: an image file")
     device, dtype = _resolve_device_dtype(args.device, args.dtype)
-    if args.model != EMBEDDED_MODEL and not pathlib.Path(args.model).exists() and (
+    embedded = args.model in EMBEDDED_MODELS
+    if not embedded and not pathlib.Path(args.model).exists() and (
             args.model.startswith((".", "/", "~")) or args.model.count("/") > 1):
         raise UsageError(f"argument --model: {args.model!r} is neither a local folder nor a Hub id; allowed: "
-                         f"owner/name, an existing folder, or {EMBEDDED_MODEL!r}")
-    class_name = _pipeline_class_name(args.model) if args.model != EMBEDDED_MODEL else "HunyuanVideoPipeline"
+                         f"owner/name, an existing folder, or one of {', '.join(EMBEDDED_MODELS)}")
+    class_name = EMBEDDED_MODELS[args.model] if embedded else _pipeline_class_name(args.model)
     if class_name is not None and class_name not in SUPPORTED_PIPELINES:
         raise UsageError(f"argument --model: {args.model!r} holds a {class_name}; allowed: "
                          f"{', '.join(SUPPORTED_PIPELINES)}")
 
+    if class_name is not None:
+        _check_image_flag(class_name, args.image)  # before loading any weights
+    known_geometry = {"height": args.height, "width": args.width, "num_frames": args.frames,
+                      "num_inference_steps": args.steps}
+    if class_name is not None and not args.no_dvg and None not in known_geometry.values():
+        _check_budget_early(class_name, known_geometry, args.budget, options)  # before loading any weights
+
     import torch
     progress = not args.no_progress
     _status(f"loading {args.model} ({dtype}, {device}) ...")
-    if args.model == EMBEDDED_MODEL:
-        from .tiny import tiny_hunyuan_video_pipeline
-        pipe = tiny_hunyuan_video_pipeline(dtype=dtype)
+    if embedded:
+        from . import tiny
+        builder = tiny.tiny_hunyuan_video_pipeline if args.model == "tiny" else tiny.tiny_hunyuan_video15_pipeline
+        pipe = builder(dtype=dtype)
     else:
+        import warnings
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+        if not args.debug:
+            diffusers_logging.set_verbosity_error()  # e.g. the accelerate advice: not ours to print
+        if not progress:
+            diffusers_logging.disable_progress_bar()
         try:
-            pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+            with warnings.catch_warnings():
+                # diffusers 0.42 renames torch_dtype to dtype; the old name works across the supported range.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
         except (OSError, EnvironmentError) as exc:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
             hint = " (HF_HUB_OFFLINE is set: only the local cache is used)" if offline else ""
@@ -452,12 +476,7 @@ def _cmd_generate(args) -> int:
     name = type(pipe).__name__
     if name not in SUPPORTED_PIPELINES:
         raise UsageError(f"argument --model: {args.model!r} loads a {name}; allowed: {', '.join(SUPPORTED_PIPELINES)}")
-    i2v = "ImageToVideo" in name
-    if i2v and args.image is None:
-        raise UsageError(f"argument --image: required for {name} (image-to-video)")
-    if not i2v and args.image is not None:
-        raise UsageError(f"argument --image: {name} is text-to-video; allowed: --image only with an image-to-video "
-                         f"pipeline")
+    _check_image_flag(name, args.image)
     image = None
     if args.image is not None:
         from PIL import Image
@@ -465,6 +484,10 @@ def _cmd_generate(args) -> int:
     pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     batch = len(args.prompt) * args.num_videos
+    if name.startswith("HunyuanVideo15") and batch > 1 and hasattr(pipe.vae, "enable_slicing"):
+        # diffusers 0.42's HunyuanVideo-1.5 VAE attention mis-broadcasts its causal mask for a batch of more
+        # than one video: decode one at a time.
+        pipe.vae.enable_slicing()
     kwargs = _call_kwargs(pipe, args, batch, image)
     geometry = _resolved_geometry(pipe, kwargs)
     if not args.no_dvg:
@@ -473,7 +496,11 @@ def _cmd_generate(args) -> int:
     from .video import write_compare, write_video
     result: Dict[str, Any] = {"schema": "dvg-generate/1", "model": args.model, "pipeline": name,
                               "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                              "prompts": list(args.prompt), "seed": args.seed, "geometry": geometry, "time_s": {}}
+                              "prompts": list(args.prompt), "seed": args.seed, "geometry": geometry,
+                              "call": {k: v for k, v in kwargs.items() if k not in ("generator", "image", "prompt")},
+                              "time_s": {}}
+    if getattr(pipe, "guider", None) is not None and hasattr(pipe.guider, "guidance_scale"):
+        result["call"]["guider_guidance_scale"] = pipe.guider.guidance_scale
     baseline_videos = None
     if args.baseline or args.no_dvg:
         _status("generating with the unmodified pipeline ...")
@@ -515,6 +542,15 @@ def _cmd_generate(args) -> int:
     print(format_generate_summary(result))
     _finish_generate(args, result)
     return 0
+
+
+def _check_image_flag(class_name: str, image: Optional[str]) -> None:
+    i2v = "ImageToVideo" in class_name
+    if i2v and image is None:
+        raise UsageError(f"argument --image: required for {class_name} (image-to-video)")
+    if not i2v and image is not None:
+        raise UsageError(f"argument --image: {class_name} is text-to-video; allowed: --image only with an "
+                         f"image-to-video pipeline")
 
 
 def _check_budget_early(class_name: str, geometry: Dict[str, int], budget: float, options: Dict[str, Any]) -> None:

@@ -163,6 +163,64 @@ def _has_forward_hooks(transformer) -> bool:
     return False
 
 
+class _RopeCache(torch.nn.Module):
+    """Wraps the transformer's RoPE module for the duration of a DVG call: its tables depend only on the
+    latent grid, so each stage shape is computed once instead of at every step."""
+
+    def __init__(self, rope: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = rope
+        self.tables: Dict[Any, Any] = {}
+
+    def forward(self, hidden_states: torch.Tensor):
+        key = (tuple(hidden_states.shape[2:]), hidden_states.device)
+        if key not in self.tables:
+            self.tables[key] = self.inner(hidden_states)
+        return self.tables[key]
+
+
+class _cached_rope:
+    def __init__(self, transformer) -> None:
+        self.transformer = transformer
+        self.original = getattr(transformer, "rope", None)
+
+    def __enter__(self):
+        if isinstance(self.original, torch.nn.Module) and not isinstance(self.original, _RopeCache):
+            self.transformer.rope = _RopeCache(self.original)
+        return self
+
+    def __exit__(self, *exc):
+        if self.original is not None:
+            self.transformer.rope = self.original
+        return False
+
+
+class _compiled_blocks:
+    """With `compile_blocks=True`, the transformer blocks run through `torch.compile` during the DVG call only.
+
+    dynamic=False: each stage shape compiles once (four shapes per plan; Dynamo's cache keeps them across
+    calls), and nothing recompiles per step because the step loop reuses the same layout tensors and host
+    ints per shape. Outside the call the blocks are the plain modules again, so a shared transformer is
+    unaffected and `restore()` has nothing extra to undo."""
+
+    def __init__(self, transformer, enabled: bool) -> None:
+        self.blocks = []
+        if enabled:
+            for name in ("transformer_blocks", "single_transformer_blocks"):
+                self.blocks.extend(getattr(transformer, name, None) or [])
+
+    def __enter__(self):
+        for block in self.blocks:
+            block.compile(dynamic=False)
+        return self
+
+    def __exit__(self, *exc):
+        for block in self.blocks:
+            # nn.Module.compile() stores the compiled callable here; clearing it restores the eager module
+            block.__dict__.pop("_compiled_call_impl", None)
+        return False
+
+
 # ---------------------------------------------------------------------------------------------------
 # One generation
 # ---------------------------------------------------------------------------------------------------
@@ -223,9 +281,11 @@ class _Generation:
             if transformer not in self.handle._transformers:
                 self.handle._transformers.append(transformer)
             self.prep = self.adapter.prepare(self.args, self.config)
-            if self.config.enabled:
-                return self._run_dvg()
-            return self._run_full()
+            self._reset_cache_hooks()
+            with _compiled_blocks(transformer, self.config.compile_blocks), _cached_rope(transformer):
+                if self.config.enabled:
+                    return self._run_dvg()
+                return self._run_full()
 
     # ---- model evaluation ----
     def _tokens(self, shape) -> int:
@@ -243,7 +303,7 @@ class _Generation:
             self.layouts[key] = layout
         return layout
 
-    def _velocity_group(self, group_latents, indices, axes, timestep_value, step) -> torch.Tensor:
+    def _velocity_group(self, group_latents, indices, axes, timestep_value, step, group_index=None) -> torch.Tensor:
         prep = self.prep
         transformer = self.pipe.transformer
         hidden = self.adapter.model_input(prep, group_latents, axes, indices)
@@ -259,6 +319,10 @@ class _Generation:
             condition = condition.select(indices)
             layout = self._layout(shape, condition, indices)
             self.forward_shapes.append(tuple(hidden.shape))
+            # diffusers' cache hooks keep their state per cache context: one context per plan group, so samples
+            # whose stage shapes differ never share cached residuals
+            if group_index is not None:
+                cache_name = f"{cache_name}/plan{group_index}"
             with self.state.activate(layout), transformer.cache_context(cache_name):
                 return transformer(hidden_states=hidden, timestep=timestep, **extra, **condition.kwargs)[0]
 
@@ -282,37 +346,51 @@ class _Generation:
             return [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, step)]
         packed = self._packed_forward()
         if packed is None:
-            return [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, step) for g in groups]
+            return [self._velocity_group(g.latents, g.indices, g.plan.stage_axes[stage], t, step, group_index=gi)
+                    for gi, g in enumerate(groups)]
         prep = self.prep
         where = {}
         for gi, g in enumerate(groups):
             hidden = self.adapter.model_input(prep, g.latents, g.plan.stage_axes[stage], g.indices)
             for j, b in enumerate(g.indices):
-                where[b] = (gi, j, hidden[j:j + 1])
+                where[b] = hidden[j:j + 1]
         order = list(range(prep.batch))
-        hidden_list = [where[b][2] for b in order]
+        hidden_list = [where[b] for b in order]
         timestep = t.expand(prep.batch).to(groups[0].latents.dtype)
-        preds = []
-        for condition in prep.conditions:
-            kw = condition.kwargs
+        extra = {}
+        if getattr(self.pipe.transformer.config, "use_meanflow", False):
+            extra["timestep_r"] = self._timestep_r(step).expand(prep.batch).to(groups[0].latents.dtype)
+
+        def run_packed(condition, cache_name=None):
+            kwargs = {k: v for k, v in condition.kwargs.items() if k not in ("attention_kwargs", "return_dict")}
+            kwargs.update(condition.packed_kwargs, **extra)
             for h in hidden_list:
                 self.forward_shapes.append(tuple(h.shape))
-            preds.append(packed(hidden_list, timestep, kw["encoder_hidden_states"], kw["encoder_attention_mask"],
-                                kw["pooled_projections"], condition.text_lengths, guidance=kw.get("guidance")))
-        per_sample = [prep.guidance([p[b] for p in preds]) for b in order]
+            return packed(hidden_list, timestep, condition.text_lengths, **kwargs)
+
+        if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
+            per_sample = self.adapter.guided_velocity(prep, step, t, run_packed)
+        else:
+            preds = [run_packed(c) for c in prep.conditions]
+            per_sample = [prep.guidance([p[b] for p in preds]) for b in order]
         return [torch.cat([per_sample[b] for b in g.indices], dim=0) for g in groups]
 
     def _packed_forward(self):
-        if not isinstance(self.adapter, adapters.HunyuanVideoAdapter):
-            return None
-        if getattr(self.pipe.transformer.config, "image_condition_type", None) == "token_replace":
-            return None
+        """The per-sample packed forward for this transformer, or None where the per-group path must run."""
+        transformer = self.pipe.transformer
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            return None  # frame 0's own modulation is not implemented in the packed forward
+        if any(c.kwargs.get("attention_kwargs") for c in self.prep.conditions):
+            return None  # e.g. a LoRA scale, applied by the transformer's own forward
         if _has_forward_hooks(self.pipe.transformer):
             # Cache hooks (diffusers) and offload hooks (accelerate) wrap the modules' own forward methods,
             # which the packed forward bypasses: keep the per-group path, which calls them.
             return None
         if getattr(self, "_packed", None) is None:
-            self._packed = processors.PackedHunyuanVideoForward(self.pipe.transformer, self.state)
+            if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
+                self._packed = processors.PackedHunyuanVideo15Forward(transformer, self.state)
+            else:
+                self._packed = processors.PackedHunyuanVideoForward(transformer, self.state)
         return self._packed
 
     # ---- enabled=False: full resolution, our attention path ----
@@ -486,6 +564,7 @@ class _Generation:
                                           "temporal_demand": plan.temporal_demand}
                         groups, x0s = self._regroup(plans, x0)
                     info = schedule.begin_transition(i)
+                    self._reset_cache_hooks()
                     sigma_new = schedule.sigmas[info.renoise_sigma_index]
                     new_groups = []
                     for g, x0 in zip(groups, x0s):
@@ -514,6 +593,13 @@ class _Generation:
         self.handle.last_report = self._report(grid, budget, schedule, groups, demands, calls, stage_times,
                                                transition_time, loop_time)
         return adapter.output(prep, video)
+
+    def _reset_cache_hooks(self) -> None:
+        """diffusers' cache hooks (FirstBlockCache, TaylorSeer, MagCache, ...) hold residuals and step counters of
+        the previous stage's grid; a transition changes the grid and the schedule, so their state starts over."""
+        transformer = self.pipe.transformer
+        if getattr(transformer, "is_cache_enabled", False):
+            transformer._reset_stateful_cache()
 
     def _regroup(self, plans, x0: torch.Tensor):
         """Split the batch into groups of samples with identical plans (first-appearance order)."""

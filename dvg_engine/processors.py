@@ -264,10 +264,10 @@ class PackedHunyuanVideoForward:
 
     Mirrors `HunyuanVideoTransformer3DModel.forward` (numbered like it) with the module's own weights: the
     latent tokens of all samples form one image stream and their valid text tokens one text stream; each
-    block's AdaLN modulation is gathered per token from its sample's row; the joint attention runs through the
-    DVG processors with a segment layout (one segment = one sample's latent + valid text tokens), i.e. one
-    `varlen_attention` call per layer for the whole batch. RoPE tables are the transformer's own, per sample
-    shape, cached across steps.
+    block's AdaLN modulation is applied per sample segment (`torch.ops.dvg.modulated_layer_norm`); the joint
+    attention runs through the DVG processors with a segment layout (one segment = one sample's latent + valid
+    text tokens), i.e. one `varlen_attention` call per layer for the whole batch. RoPE tables are the
+    transformer's own, per sample shape, cached across steps.
     """
 
     def __init__(self, transformer, state: DVGAttentionState) -> None:
@@ -285,28 +285,42 @@ class PackedHunyuanVideoForward:
             self.rope_cache[key] = self.transformer.rope(hidden[:1])
         return self.rope_cache[key]
 
-    def __call__(self, hidden_list: Sequence[torch.Tensor], timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 encoder_attention_mask: torch.Tensor, pooled_projections: torch.Tensor, text_lengths: Sequence[int],
-                 guidance: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
-        """hidden_list: per sample (1, C, T_b, H_b, W_b); timestep: (B,); encoder_hidden_states: (B, L, D_text);
-        encoder_attention_mask: (B, L) prefix masks with `text_lengths` (host ints) valid tokens; pooled: (B, P).
-        Returns per sample the velocity (1, C_out, T_b, H_b, W_b)."""
+    # ---- model-specific: embeddings (steps 1-2 of the transformer's forward) ----
+    def _embed(self, hidden_list, timestep, text_lengths, kwargs):
+        """-> (temb (B, D), per-sample image tokens (1, N_b, D), per-sample valid text tokens (1, L_b, D))."""
+        tr = self.transformer
+        temb, _ = tr.time_text_embed(timestep, kwargs["pooled_projections"], kwargs.get("guidance"))
+        image_tokens = [tr.x_embedder(h) for h in hidden_list]
+        text = tr.context_embedder(kwargs["encoder_hidden_states"], timestep, kwargs["encoder_attention_mask"])
+        return temb, image_tokens, [text[b:b + 1, :int(n)] for b, n in enumerate(text_lengths)]
+
+    def _blocks(self, img, txt, temb, rope, seg_img, seg_txt):
+        tr = self.transformer
+        for block in tr.transformer_blocks:
+            img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
+        for block in tr.single_transformer_blocks:
+            img, txt = self._single_block(block, img, txt, temb, rope, seg_img, seg_txt)
+        return img, txt
+
+    def __call__(self, hidden_list: Sequence[torch.Tensor], timestep: torch.Tensor, text_lengths: Sequence[int],
+                 **kwargs) -> List[torch.Tensor]:
+        """hidden_list: per sample (1, C, T_b, H_b, W_b); timestep: (B,); text_lengths: per sample the number of
+        valid (prefix) text tokens, host ints; kwargs: the transformer's conditioning arguments for the B samples
+        (batch-first, text padded to one length). Returns per sample the velocity (1, C_out, T_b, H_b, W_b)."""
         tr = self.transformer
         p, p_t = tr.config.patch_size, tr.config.patch_size_t
         batch = len(hidden_list)
         device = hidden_list[0].device
 
-        # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text refiner
+        # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text
         ropes = [self._rope(h) for h in hidden_list]
-        temb, _ = tr.time_text_embed(timestep, pooled_projections, guidance)
-        image_tokens = [tr.x_embedder(h) for h in hidden_list]
-        text = tr.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        temb, image_tokens, texts = self._embed(hidden_list, timestep, text_lengths, kwargs)
 
-        # 3. Packing: image stream [1, Ti, D], text stream [1, Tt, D], segment ids, and the attention layout
+        # 3. Packing: image stream [1, Ti, D], text stream [1, Tt, D], segments, and the attention layout
         lengths_img = [t.shape[1] for t in image_tokens]
-        lengths_txt = [int(n) for n in text_lengths]
+        lengths_txt = [t.shape[1] for t in texts]
         img = torch.cat(image_tokens, dim=1)
-        txt = torch.cat([text[b:b + 1, :lengths_txt[b]] for b in range(batch)], dim=1)
+        txt = torch.cat(texts, dim=1)
         key = (tuple(lengths_img), tuple(lengths_txt), device)
         cached = self.layout_cache.get(key)
         if cached is None:
@@ -328,10 +342,7 @@ class PackedHunyuanVideoForward:
 
         # 4. Transformer blocks
         with self.state.activate(layout):
-            for block in tr.transformer_blocks:
-                img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
-            for block in tr.single_transformer_blocks:
-                img, txt = self._single_block(block, img, txt, temb, rope, seg_img, seg_txt)
+            img, txt = self._blocks(img, txt, temb, rope, seg_img, seg_txt)
 
         # 5. Output projection, per-sample unpatchify
         emb = tr.norm_out.linear(tr.norm_out.silu(temb).to(img.dtype))
@@ -395,3 +406,39 @@ class PackedHunyuanVideoForward:
         gate_rows = torch.cat([gate.index_select(0, seg_img.ids), gate.index_select(0, seg_txt.ids)], dim=0)
         hidden = gate_rows * block.proj_out(hidden) + residual
         return hidden[:, :-text_len], hidden[:, -text_len:]
+
+
+class PackedHunyuanVideo15Forward(PackedHunyuanVideoForward):
+    """HunyuanVideo15Transformer3DModel's forward over samples of different latent shapes, packed.
+
+    Steps 1-2 mirror `HunyuanVideo15Transformer3DModel.forward`: the time embedding, the Qwen text refiner,
+    the ByT5 projection and the image projection, each plus its `cond_type_embed`; each sample's text part is
+    then its valid tokens in the transformer's own order (valid image tokens — I2V only —, valid ByT5, valid
+    MLLM), which is what that forward's reordering puts first, and the padding it puts last is never packed.
+    The dual-stream blocks are the same as HunyuanVideo's.
+
+    kwargs additionally need `text_parts`: per sample (image_valid, byt5_valid, mllm_valid) host ints.
+    """
+
+    def _embed(self, hidden_list, timestep, text_lengths, kwargs):
+        tr = self.transformer
+        temb = tr.time_embed(timestep, timestep_r=kwargs.get("timestep_r"))
+        image_tokens = [tr.x_embedder(h) for h in hidden_list]
+        text = tr.context_embedder(kwargs["encoder_hidden_states"], timestep, kwargs["encoder_attention_mask"])
+        text = text + tr.cond_type_embed(torch.zeros_like(text[:, :, 0], dtype=torch.long))
+        text_2 = tr.context_embedder_2(kwargs["encoder_hidden_states_2"])
+        text_2 = text_2 + tr.cond_type_embed(torch.ones_like(text_2[:, :, 0], dtype=torch.long))
+        image = tr.image_embedder(kwargs["image_embeds"])
+        image = image + tr.cond_type_embed(2 * torch.ones_like(image[:, :, 0], dtype=torch.long))
+        texts = []
+        for b, (n_image, n_byt5, n_mllm) in enumerate(kwargs["text_parts"]):
+            if n_image + n_byt5 + n_mllm != int(text_lengths[b]):
+                raise RuntimeError(f"text_parts[{b}]={kwargs['text_parts'][b]} does not add up to text_lengths[{b}]="
+                                   f"{text_lengths[b]}")
+            texts.append(torch.cat([image[b:b + 1, :n_image], text_2[b:b + 1, :n_byt5], text[b:b + 1, :n_mllm]], dim=1))
+        return temb, image_tokens, texts
+
+    def _blocks(self, img, txt, temb, rope, seg_img, seg_txt):
+        for block in self.transformer.transformer_blocks:
+            img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
+        return img, txt

@@ -31,6 +31,8 @@ __all__ = [
     "build_llama_tokenizer",
     "build_clip_tokenizer",
     "tiny_hunyuan_video_pipeline",
+    "build_qwen_tokenizer",
+    "tiny_hunyuan_video15_pipeline",
     "save_tiny_pipeline",
 ]
 
@@ -221,9 +223,145 @@ def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, 
     return pipe
 
 
-def save_tiny_pipeline(path, **kwargs) -> str:
-    """Build `tiny_hunyuan_video_pipeline(**kwargs)` and `save_pretrained` it to `path` (a folder that
-    `DiffusionPipeline.from_pretrained(path)` and `dvg generate --model PATH` load offline). Returns str(path)."""
-    pipe = tiny_hunyuan_video_pipeline(**kwargs)
+# --------------------------------------------------------------------------------------------------
+# HunyuanVideo-1.5
+# --------------------------------------------------------------------------------------------------
+
+_QWEN_SPECIALS = ("<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>", "<|fill|>")
+# The pipeline crops a fixed number of leading tokens (its `prompt_template_encode_start_idx`, 108 for
+# the real Qwen2.5-VL tokenizer): the system turn plus the start of the user turn.
+HV15_CROP_START = 108
+
+
+def build_qwen_tokenizer(system: str, crop_start: int = HV15_CROP_START):
+    """A fast tokenizer with a Qwen-style chat template standing in for HunyuanVideo-1.5's Qwen2.5-VL tokenizer.
+
+    system: the pipeline's `system_message`. The pipeline renders [system, user] turns with
+    `apply_chat_template` and drops the first `crop_start` tokens. Our word-level tokenizer is shorter
+    than Qwen's, so the template pads the system turn with `<|fill|>` tokens to make the user's prompt
+    start exactly at `crop_start` (checked here at build time).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    words = re.findall(r"\w+", system) + ["system", "user", "assistant"]
+    tok = _wordpiece_tokenizer(_QWEN_SPECIALS, words, lowercase=False, keep_space_before_digit=True,
+                               post_single="$A", post_specials=[])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", unk_token="<unk>",
+                                   eos_token="<|im_end|>", padding_side="right", model_max_length=4096)
+
+    def template(fill: int) -> str:
+        return ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                "{% if m['role'] == 'system' %}" + "<|fill|>" * fill + "{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+    def prefix_length() -> int:
+        marker = "qqqqzz"
+        ids = fast.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": marker}],
+                                       add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        tokens = fast.convert_ids_to_tokens(ids)
+        return tokens.index("q")
+
+    fast.chat_template = template(0)
+    fill = crop_start - prefix_length()
+    if fill < 0:
+        raise RuntimeError(f"the tiny Qwen tokenizer's system turn is {crop_start - fill} tokens, longer than "
+                           f"crop_start={crop_start}")
+    fast.chat_template = template(fill)
+    if prefix_length() != crop_start:
+        raise RuntimeError(f"the tiny Qwen chat template puts the prompt at token {prefix_length()}, "
+                           f"not at crop_start={crop_start}")
+    return fast
+
+
+def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2, attention_head_dim: int = 64,
+                                  num_layers: int = 2, num_refiner_layers: int = 1, latent_channels: int = 4,
+                                  vae_channels: int = 8, image_to_video: bool = False,
+                                  dtype: torch.dtype = torch.float32, guidance_scale: float = 6.0):
+    """A `HunyuanVideo15Pipeline` (or `HunyuanVideo15ImageToVideoPipeline`) with random weights.
+
+    Text encoders: a tiny `Qwen2_5_VLTextModel` with a locally built chat-template tokenizer, and a tiny
+    `T5EncoderModel` with `ByT5Tokenizer` (byte-level: needs no vocabulary file); classifier-free
+    guidance through `ClassifierFreeGuidance(guidance_scale)`. The image-to-video variant adds a tiny
+    SigLIP vision encoder. Same determinism contract as `tiny_hunyuan_video_pipeline`.
+    """
+    import diffusers
+    from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    check_int("seed", seed)
+    for name, value in (("num_attention_heads", num_attention_heads), ("num_layers", num_layers),
+                        ("num_refiner_layers", num_refiner_layers), ("latent_channels", latent_channels),
+                        ("vae_channels", vae_channels)):
+        check_int(name, value, minimum=1)
+    check_int("attention_head_dim", attention_head_dim, minimum=8)
+    if attention_head_dim % 2:
+        raise ValueError(f"attention_head_dim={attention_head_dim} is odd; allowed: an even integer >= 8")
+    check_choice("dtype", dtype, (torch.float32, torch.float16, torch.bfloat16))
+
+    # The system message is the pipeline's own (set in its __init__): build the pipeline, then its tokenizer.
+    cls = diffusers.HunyuanVideo15ImageToVideoPipeline if image_to_video else diffusers.HunyuanVideo15Pipeline
+    tokenizer_2 = ByT5Tokenizer()
+    text_hidden, byt5_hidden, image_dim = 32, 16, 8
+    vocab_size = 512  # >= the tiny Qwen tokenizer's vocabulary (checked below)
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+            vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            pad_token_id=0, bos_token_id=None, eos_token_id=_QWEN_SPECIALS.index("<|im_end|>")))
+        text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=byt5_hidden, d_kv=8, d_ff=32,
+                                                 num_layers=1, num_heads=2, pad_token_id=tokenizer_2.pad_token_id,
+                                                 eos_token_id=tokenizer_2.eos_token_id))
+        transformer = HunyuanVideo15Transformer3DModel(
+            in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim, num_layers=num_layers, num_refiner_layers=num_refiner_layers,
+            mlp_ratio=4.0, patch_size=1, patch_size_t=1, text_embed_dim=text_hidden, text_embed_2_dim=byt5_hidden,
+            image_embed_dim=image_dim, rope_axes_dim=_rope_axes_dim(attention_head_dim), target_size=256,
+            task_type="i2v" if image_to_video else "t2v")
+        vae = AutoencoderKLHunyuanVideo15(latent_channels=latent_channels, block_out_channels=(vae_channels,) * 5,
+                                          layers_per_block=1)
+        extra = {}
+        if image_to_video:
+            from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+            extra["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
+                hidden_size=image_dim, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                image_size=32, patch_size=8))
+            extra["feature_extractor"] = SiglipImageProcessor(size={"height": 32, "width": 32})
+    finally:
+        torch.random.set_rng_state(rng_state)
+    pipe = cls(text_encoder=text_encoder, tokenizer=None, transformer=transformer, vae=vae,
+               scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+               tokenizer_2=tokenizer_2, guider=ClassifierFreeGuidance(guidance_scale=guidance_scale), **extra)
+    tokenizer = build_qwen_tokenizer(pipe.system_message, pipe.prompt_template_encode_start_idx)
+    if len(tokenizer) > vocab_size or tokenizer.pad_token_id != 0 or tokenizer.eos_token_id != 3:
+        raise RuntimeError(f"the tiny Qwen tokenizer has {len(tokenizer)} tokens (pad id {tokenizer.pad_token_id}); "
+                           f"the tiny text encoder expects at most {vocab_size} (pad id 0, end id 3)")
+    pipe.register_modules(tokenizer=tokenizer)
+    # diffusers 0.42's HunyuanVideo-1.5 VAE mid-block attention mis-broadcasts its causal mask for a batch
+    # of more than one video; decoding one video at a time sidesteps it.
+    pipe.vae.enable_slicing()
+    for module in (text_encoder, text_encoder_2, transformer, vae, *extra.values()):
+        if hasattr(module, "eval"):
+            module.eval()
+    if dtype != torch.float32:
+        for module in (transformer, text_encoder, text_encoder_2):
+            module.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_BUILDERS = {"hunyuan-video": "tiny_hunyuan_video_pipeline", "hunyuan-video-1.5": "tiny_hunyuan_video15_pipeline"}
+
+
+def save_tiny_pipeline(path, model: str = "hunyuan-video", **kwargs) -> str:
+    """Build the tiny pipeline of `model` ("hunyuan-video" or "hunyuan-video-1.5"; kwargs go to its builder)
+    and `save_pretrained` it to `path`, a folder that `DiffusionPipeline.from_pretrained(path)` and
+    `dvg generate --model PATH` load offline. Returns str(path)."""
+    check_choice("model", model, tuple(TINY_BUILDERS))
+    pipe = globals()[TINY_BUILDERS[model]](**kwargs)
     pipe.save_pretrained(str(path), safe_serialization=True)
     return str(path)

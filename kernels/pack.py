@@ -3,7 +3,8 @@
 Layout (see dvg_engine/ops/pack.py for the full contract): sample b's packed segment
 `[cu_seqlens[b], cu_seqlens[b+1])` holds its latent tokens (rows `[cu_latent[b], cu_latent[b+1])` of
 `latent (total_latent, heads, head_dim)`) followed by the valid prefix of its text tokens
-`text[b, :text_len_b]` with `text_len_b = seg_len_b − latent_len_b`.
+`text[b, :text_len_b]` with `text_len_b = seg_len_b − latent_len_b` (TEXT_STREAM: rows
+`[cu_text[b], cu_text[b+1])` of a `(total_text, heads, head_dim)` text stream instead).
 
 Pack: one program per block of BLOCK_T *output* tokens; each token finds its sample by counting the
 `cu_seqlens` entries at or below it (a loop over the batch of scalar loads, cheap for the small batches
@@ -48,8 +49,8 @@ def _sample_of(position, Cu, num_samples):
 @triton.jit
 def _pack_kernel(
     Lat, Txt, Out, Lat2, Txt2, Out2,
-    CuLat, CuSeq, Grid, InvFreq,
-    total, num_samples, text_len, heads,
+    CuLat, CuSeq, CuTxt, Grid, InvFreq,
+    total, num_samples, heads,
     stride_lat_tok, stride_lat_head,
     stride_txt_b, stride_txt_tok, stride_txt_head,
     stride_lat2_tok, stride_lat2_head,
@@ -57,6 +58,7 @@ def _pack_kernel(
     stride_out_tok, stride_out_head,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_SECOND: tl.constexpr, APPLY_ROPE: tl.constexpr, ROPE_PAIRS_T: tl.constexpr, ROPE_PAIRS_H: tl.constexpr,
+    TEXT_STREAM: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     position = pid * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
@@ -76,8 +78,12 @@ def _pack_kernel(
     txt_mask = is_txt[:, None] & d_ok[None, :]
     out_mask = row_ok[:, None] & d_ok[None, :]
     lat_row = tl.where(is_lat, lat_start + local, 0)
-    txt_b = tl.where(is_txt, sample, 0)
-    txt_t = tl.where(is_txt, text_col, 0)
+    if TEXT_STREAM:  # text rows [cu_text[b], cu_text[b+1]) of a (total_text, ...) stream; stride_txt_b is 0
+        txt_b = tl.zeros_like(sample)
+        txt_t = tl.where(is_txt, tl.load(CuTxt + sample, mask=is_txt, other=0).to(tl.int64) + text_col, 0)
+    else:  # text[b, :n_b] of a padded (B, text_len, ...) tensor
+        txt_b = tl.where(is_txt, sample, 0)
+        txt_t = tl.where(is_txt, text_col, 0)
 
     if APPLY_ROPE:
         grid_h = tl.load(Grid + sample * 3 + 1, mask=is_lat, other=1).to(tl.int64)
@@ -127,25 +133,30 @@ def _pack_kernel(
 
 @triton.jit
 def _unpack_kernel(
-    Packed, OutLat, OutTxt, CuLat, CuSeq,
-    total_latent, num_samples, text_len, text_len_nonzero, heads,
+    Packed, OutLat, OutTxt, CuLat, CuSeq, CuTxt,
+    total_latent, num_samples, text_rows, text_len_nonzero, heads,
     stride_packed_tok, stride_packed_head,
     stride_lat_tok, stride_lat_head,
     stride_txt_b, stride_txt_tok, stride_txt_head,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, TEXT_STREAM: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     row = pid * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
-    total_text = num_samples * text_len
     is_lat = row < total_latent
     txt_row = row - total_latent
-    is_txt_row = (row >= total_latent) & (txt_row < total_text)
-    # text_len_nonzero = max(text_len, 1), from the host: no division by zero when there is no text
-    safe_len = text_len_nonzero
+    is_txt_row = (row >= total_latent) & (txt_row < text_rows)
 
     lat_sample = _sample_of(row, CuLat, num_samples)
-    txt_sample = tl.where(is_txt_row, txt_row // safe_len, 0)
-    txt_col = tl.where(is_txt_row, txt_row % safe_len, 0)
+    if TEXT_STREAM:  # text_rows = total_text rows of a stream; sample b owns [cu_text[b], cu_text[b+1])
+        txt_sample = tl.where(is_txt_row, _sample_of(txt_row, CuTxt, num_samples), 0)
+        txt_col = txt_row - tl.load(CuTxt + txt_sample, mask=is_txt_row, other=0).to(tl.int64)
+        txt_b_out = tl.zeros_like(txt_sample)
+        txt_t_out = tl.where(is_txt_row, txt_row, 0)
+    else:  # text_rows = B·text_len rows of a padded tensor; text_len_nonzero = max(text_len, 1) from the host
+        txt_sample = tl.where(is_txt_row, txt_row // text_len_nonzero, 0)
+        txt_col = tl.where(is_txt_row, txt_row % text_len_nonzero, 0)
+        txt_b_out = txt_sample
+        txt_t_out = txt_col
     sample = tl.where(is_lat, lat_sample, txt_sample)
     any_row = is_lat | is_txt_row
     seg_start = tl.load(CuSeq + sample, mask=any_row, other=0).to(tl.int64)
@@ -166,7 +177,7 @@ def _unpack_kernel(
         x = tl.load(Packed + src[:, None] * stride_packed_tok + head * stride_packed_head + d[None, :],
                     mask=read_mask, other=0.0)
         tl.store(OutLat + lat_dst[:, None] * stride_lat_tok + head * stride_lat_head + d[None, :], x, mask=lat_store)
-        tl.store(OutTxt + txt_sample[:, None] * stride_txt_b + txt_col[:, None] * stride_txt_tok
+        tl.store(OutTxt + txt_b_out[:, None] * stride_txt_b + txt_t_out[:, None] * stride_txt_tok
                  + head * stride_txt_head + d[None, :], x, mask=txt_store)
 
 
@@ -181,15 +192,35 @@ def _config(block_d: int):
     return block_t, num_warps
 
 
+MAX_CHUNK = 1024
+
+
 def _as_3d(x: torch.Tensor, leading: int) -> torch.Tensor:
-    """View (.., features) as (.., 1, features) so 2-D and 3-D token tensors share one kernel."""
-    return x.unsqueeze(leading) if x.dim() == leading + 1 else x
+    """View (.., features) as (.., features / chunk, chunk) so 2-D and 3-D token tensors share one kernel, and
+    wide feature rows (hidden states of 3072 channels) become several register-sized "heads"."""
+    if x.dim() != leading + 1:
+        return x
+    features = x.shape[-1]
+    for chunk in (MAX_CHUNK, 512, 256, 128, 64, 32, 16):
+        if features > chunk and features % chunk == 0:
+            return x.unflatten(-1, (features // chunk, chunk))
+    return x.unsqueeze(leading)
+
+
+def _text_view(txt, stream: bool):
+    """(b-stride, token-stride, head-stride) view of the text input: padded (B, L, h, d) or stream (N, h, d)."""
+    if stream:
+        txt3 = _as_3d(txt, 1)
+        return txt3, (0, txt3.stride(0), txt3.stride(1))
+    txt3 = _as_3d(txt, 2)
+    return txt3, (txt3.stride(0), txt3.stride(1), txt3.stride(2))
 
 
 def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, grid_sizes=None, inv_freq=None,
-                 rope_axes_dim=None, out=None, out2=None):
+                 rope_axes_dim=None, out=None, out2=None, cu_text=None):
+    stream = cu_text is not None
     lat3 = _as_3d(lat, 1)
-    txt3 = _as_3d(txt, 2)
+    txt3, txt_strides = _text_view(txt, stream)
     heads, head_dim = lat3.shape[1], lat3.shape[2]
     out = lat.new_empty((total, *lat.shape[1:])) if out is None else out
     if lat2 is not None and out2 is None:
@@ -199,7 +230,7 @@ def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, g
         return (out, out2) if lat2 is not None else out
     out3 = _as_3d(out, 1)
     lat2_3 = _as_3d(lat2, 1) if lat2 is not None else lat3
-    txt2_3 = _as_3d(txt2, 2) if txt2 is not None else txt3
+    txt2_3, txt2_strides = _text_view(txt2, stream) if txt2 is not None else (txt3, txt_strides)
     out2_3 = _as_3d(out2, 1)
     block_d = triton.next_power_of_2(head_dim)
     block_t, num_warps = _config(block_d)
@@ -208,59 +239,67 @@ def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, g
     with torch.cuda.device(lat.device) if lat.device.type == "cuda" else contextlib.nullcontext():
         _pack_kernel[grid](
             lat3, txt3, out3, lat2_3, txt2_3, out2_3,
-            cu_latent, cu_seqlens, grid_sizes if apply_rope else cu_seqlens, inv_freq if apply_rope else out3,
-            total, cu_seqlens.shape[0] - 1, txt3.shape[1], heads,
+            cu_latent, cu_seqlens, cu_text if stream else cu_seqlens,
+            grid_sizes if apply_rope else cu_seqlens, inv_freq if apply_rope else out3,
+            total, cu_seqlens.shape[0] - 1, heads,
             lat3.stride(0), lat3.stride(1),
-            txt3.stride(0), txt3.stride(1), txt3.stride(2),
+            *txt_strides,
             lat2_3.stride(0), lat2_3.stride(1),
-            txt2_3.stride(0), txt2_3.stride(1), txt2_3.stride(2),
+            *txt2_strides,
             out3.stride(0), out3.stride(1),
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
             HAS_SECOND=lat2 is not None, APPLY_ROPE=apply_rope,
             ROPE_PAIRS_T=(rope_axes_dim[0] // 2) if apply_rope else 0,
             ROPE_PAIRS_H=(rope_axes_dim[1] // 2) if apply_rope else 0,
+            TEXT_STREAM=stream,
             num_warps=num_warps,
         )
     return (out, out2) if lat2 is not None else out
 
 
-def pack_tokens(latent, text, cu_latent, cu_seqlens, total, out=None):
-    """latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim) → packed (total, [heads,] dim).
+def pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text=None, out=None):
+    """latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim) or with cu_text a stream
+    (total_text, [heads,] dim) → packed (total, [heads,] dim).
     `out` (tests: a poisoned, canary-padded view) must have the output's shape and a contiguous last dim."""
-    return _launch_pack(latent, text, cu_latent, cu_seqlens, total, out=out)
+    return _launch_pack(latent, text, cu_latent, cu_seqlens, total, out=out, cu_text=cu_text)
 
 
 def pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim,
-                 total, q_out=None, k_out=None):
-    """Pack q and k (each (total_latent, heads, head_dim) + (B, text_len, heads, head_dim)) applying the
-    3-D RoPE to latent tokens; returns (q_packed, k_packed), each (total, heads, head_dim)."""
+                 total, cu_text=None, q_out=None, k_out=None):
+    """Pack q and k (each (total_latent, heads, head_dim) + text, padded or a stream) applying the 3-D RoPE to
+    latent tokens; returns (q_packed, k_packed), each (total, heads, head_dim)."""
     return _launch_pack(q_latent, q_text, cu_latent, cu_seqlens, total, k_latent, k_text, grid_sizes, inv_freq,
-                        rope_axes_dim, out=q_out, out2=k_out)
+                        rope_axes_dim, out=q_out, out2=k_out, cu_text=cu_text)
 
 
-def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, latent_out=None, text_out=None):
-    """packed (total, [heads,] dim) → latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim)."""
+def unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text=None, latent_out=None,
+                  text_out=None):
+    """packed (total, [heads,] dim) → latent (total_latent, [heads,] dim) and text (B, text_len, [heads,] dim)
+    zero-padded, or with cu_text the stream (text_len = total_text, [heads,] dim)."""
     batch = cu_seqlens.shape[0] - 1
+    stream = cu_text is not None
+    text_shape = (text_len,) if stream else (batch, text_len)
     latent = packed.new_empty((total_latent, *packed.shape[1:])) if latent_out is None else latent_out
-    text = packed.new_empty((batch, text_len, *packed.shape[1:])) if text_out is None else text_out
+    text = packed.new_empty((*text_shape, *packed.shape[1:])) if text_out is None else text_out
     packed3 = _as_3d(packed, 1)
     heads, head_dim = packed3.shape[1], packed3.shape[2]
-    rows = total_latent + batch * text_len
+    text_rows = text_len if stream else batch * text_len
+    rows = total_latent + text_rows
     if rows == 0 or heads == 0 or head_dim == 0:
         return latent, text
     lat3 = _as_3d(latent, 1)
-    txt3 = _as_3d(text, 2)
+    txt3, txt_strides = _text_view(text, stream)
     block_d = triton.next_power_of_2(head_dim)
     block_t, num_warps = _config(block_d)
     grid = (triton.cdiv(rows, block_t),)
     with torch.cuda.device(packed.device) if packed.device.type == "cuda" else contextlib.nullcontext():
         _unpack_kernel[grid](
-            packed3, lat3, txt3, cu_latent, cu_seqlens,
-            total_latent, batch, text_len, max(text_len, 1), heads,
+            packed3, lat3, txt3, cu_latent, cu_seqlens, cu_text if stream else cu_seqlens,
+            total_latent, batch, text_rows, max(text_len, 1), heads,
             packed3.stride(0), packed3.stride(1),
             lat3.stride(0), lat3.stride(1),
-            txt3.stride(0), txt3.stride(1), txt3.stride(2),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
+            *txt_strides,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t, TEXT_STREAM=stream,
             num_warps=num_warps,
         )
     return latent, text

@@ -24,10 +24,12 @@ Layouts:
             patch-embedding Conv3d weight (out, C, pt, ph, pw), so `tokens @ W.view(out, -1).T`
             equals the Conv3d.
 
-Program mapping: the output is seen as rows (b, c, t, h) × columns w; one program computes a
-BLOCK_R × BLOCK_W tile. Everything that depends on one axis only (area taps, anchor lookup by
-binary search over the tiny anchor arrays, the temporal lerp weight, the row/column parts of the
-hash) is computed on [BLOCK_R] or [BLOCK_W] vectors and broadcast; per element there are at most
+Program mapping: the output is seen as rows × columns w, rows being (b, c, t, h) for "bcthw" (a tile
+row is a contiguous output row) and (b, t, h, c) for "tokens" (a tile covers whole token vectors, so
+stores are not scattered in pw-element pieces); one program computes a BLOCK_R × BLOCK_W tile.
+Everything that depends on one axis only (area taps, anchor lookup by binary search over the tiny
+anchor arrays, the temporal lerp weight, the row/column parts of the hash) is computed on [BLOCK_R]
+or [BLOCK_W] vectors and broadcast; per element there are at most
 2 frames × 2×2 taps of loads (one load at anchor frames). Smoothing recomputes the 3×3
 neighbourhood (halo) instead of a second pass: 9 shifted evaluations of U, which only the 0→1
 transition (the smallest target grid) pays.
@@ -60,12 +62,15 @@ import torch
 import triton
 import triton.language as tl
 
-# dvg-spec §11 hash constants as signed int64 (same 64 bits as the unsigned values in the spec).
+
 def _signed64(value: int) -> int:
     value &= (1 << 64) - 1
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+# dvg-spec §11 hash constants as signed int64: the same 64 bits as the unsigned values of the spec, so
+# the wrapping products are identical, and a signed type makes Triton's `>>` the arithmetic shift the
+# reference uses (no uint64 sign-fill emulation needed).
 K_T = tl.constexpr(_signed64(0x9E3779B185EBCA87))
 K_H = tl.constexpr(_signed64(0xC2B2AE3D27D4EB4F))
 K_W = tl.constexpr(_signed64(0x165667B19E3779F9))
@@ -79,7 +84,6 @@ U_LOW = tl.constexpr(1e-12)
 U_HIGH = tl.constexpr(1.0 - 1e-12)
 TWO_PI = tl.constexpr(2.0 * 3.141592653589793)
 
-SMOOTH_NONE, SMOOTH_ZEROS, SMOOTH_EXCLUDE = 0, 1, 2
 SMOOTHING_WEIGHT = 0.3
 
 
@@ -190,12 +194,23 @@ def _resample_renoise_kernel(
     rows = tl.where(row_ok, rows, 0)
     cols = tl.where(col_ok, cols, 0)
 
-    h = rows % dst_h
-    q = rows // dst_h
-    t = q % dst_t
-    q = q // dst_t
-    c = q % channels
-    b = q // channels
+    if TOKENS:
+        # rows (b, t, h, c), channels fastest: a tile then holds every channel and patch row of its
+        # tokens, so its stores fill whole token vectors instead of scattered pw-element pieces
+        c = rows % channels
+        q = rows // channels
+        h = q % dst_h
+        q = q // dst_h
+        t = q % dst_t
+        b = q // dst_t
+    else:
+        # rows (b, c, t, h): a tile row is a contiguous output row
+        h = rows % dst_h
+        q = rows // dst_h
+        t = q % dst_t
+        q = q // dst_t
+        c = q % channels
+        b = q // channels
 
     # temporal: the anchor frames around t and the f32 lerp weight (IEEE division, as torch)
     j = _last_anchor_at_or_before(AnchorT, src_t, t, SEARCH_STEPS)
@@ -272,12 +287,26 @@ def _search_steps(*sizes: int) -> int:
     return max(1, max(int(n - 1).bit_length() for n in sizes))
 
 
-def _block_shape(dst_w: int) -> tuple:
-    block_w = min(128, triton.next_power_of_2(max(dst_w, 1)))
+# Tile shapes (BLOCK_R rows × BLOCK_W columns, ~512 elements, 4 warps on a GPU). A fixed heuristic, not
+# triton.autotune: the first call must not benchmark (CUDA-graph capture, deterministic timing), and the
+# kernel is bound by per-element arithmetic, so the tile mostly has to avoid idle lanes.
+TILE_ELEMENTS = 512
+BLOCK_W_CHOICES = (128, 64, 32)
+
+
+def _block_shape(dst_w: int, tokens: bool = False, channels: int = 1, patch_h: int = 1) -> tuple:
+    """(BLOCK_R, BLOCK_W). bcthw: the column block that wastes the fewest masked lanes on a row of
+    dst_w (ties: the wider). tokens: enough rows for all channels × patch rows of a token (rows are
+    (b, t, h, c)), the rest of the tile along w. Under the interpreter, whose cost is per program,
+    one large tile."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        # the interpreter's cost is per program: fewer, larger tiles
+        block_w = min(128, triton.next_power_of_2(max(dst_w, 1)))
         return max(1, 4096 // block_w), block_w
-    return max(1, 512 // block_w), block_w
+    if tokens:
+        block_r = min(TILE_ELEMENTS // 16, triton.next_power_of_2(channels * patch_h))
+        return block_r, TILE_ELEMENTS // block_r
+    block_w = min(BLOCK_W_CHOICES, key=lambda bw: (triton.cdiv(dst_w, bw) * bw - dst_w) / (triton.cdiv(dst_w, bw) * bw))
+    return TILE_ELEMENTS // block_w, block_w
 
 
 def resample_renoise(x0: torch.Tensor, anchor_t: torch.Tensor, anchor_h: torch.Tensor, anchor_w: torch.Tensor,
@@ -293,7 +322,7 @@ def resample_renoise(x0: torch.Tensor, anchor_t: torch.Tensor, anchor_h: torch.T
     n_rows = batch * channels * dst_t * dst_h
     if n_rows == 0 or dst_w == 0:
         return out
-    default_r, default_w = _block_shape(dst_w)
+    default_r, default_w = _block_shape(dst_w, layout == "tokens", channels, ph)
     block_r = block_r or default_r
     block_w = block_w or default_w
     sigma32 = np.float32(sigma)

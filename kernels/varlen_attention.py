@@ -207,9 +207,13 @@ class AttentionConfig:
 
 
 # (block_m, block_n, num_warps, num_stages), each with pointer loads and, where the GPU has TMA (sm90+),
-# with descriptor loads. 8 warps only pay at 128×128 tiles (two warpgroups on Hopper); the 64-row
-# tiles serve short sequences (more programs per SM) and Ampere-class shared memory.
-_TILES = ((128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3))
+# with descriptor loads. ptxas for sm90 at head_dim 128 (bf16): a 128-row tile on 4 warps uses 255
+# registers and spills ~136 bytes (its fp32 accumulator alone is 128 registers per thread), on 8 warps
+# 162-174 registers without spills; both stay in the list and the autotuner decides. The 64-row tiles
+# serve short sequences (more programs per SM) and head dim 256; 32×32 is only the last resort for
+# fp32 at head dim 256.
+_TILES = ((128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3),
+          (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2))
 _CONFIG_SPACE: Sequence[AttentionConfig] = tuple(
     AttentionConfig(*tile, use_tma=use_tma) for use_tma in (False, True) for tile in _TILES)
 
@@ -230,10 +234,18 @@ def keep(config: AttentionConfig, block_d: int, element_bytes: int = 2, tma_ok: 
     """Prune configurations that cannot run, cannot fit, or cannot pay off for these inputs."""
     if config.use_tma and not tma_ok:
         return False
+    if element_bytes == 4 and (config.block_m, config.block_n, config.use_tma) != (64, 64, False):
+        return False  # fp32 (tests) runs its dots on FMA units with heavy spilling: one config, few compiles
     if shared_memory_estimate(config, block_d, element_bytes) > SHARED_MEMORY_BUDGET:
         return False
-    if config.num_warps == 8 and config.block_m * config.block_n < 128 * 128:
-        return False  # too little work per warp to hide the softmax.
+    if block_d >= 128 and config.num_warps == 4 and config.block_m >= 128 and config.num_stages > 3:
+        return False  # already spilling registers: deeper pipelining cannot pay
+    if block_d < 128 and config.num_warps == 8 and config.block_m * config.block_n < 128 * 128:
+        return False  # too little work per warp to hide the softmax
+    if config.block_n == 32 and block_d <= 128:
+        return False  # only for head dim 256, where larger K/V tiles do not fit shared memory
+    if config.block_m < 64:
+        return False  # the fallback of candidate_configs() where nothing else fits (fp32 at head dim 256)
     return True
 
 
@@ -391,6 +403,7 @@ def best_config(head_dim: int, dtype: torch.dtype, return_lse: bool, max_seqlen_
     key_prefix = (head_dim, block_d_for(head_dim), bool(return_lse),
                   "ieee" if dtype == torch.float32 else "tf32", _bucket(max_seqlen_q), _bucket(max_seqlen_k))
     for key, cfg in getattr(_varlen_attention_fwd_autotuned, "cache", {}).items():
-        if tuple(key[:len(key_prefix)]) == key_prefix:
+        # The autotuner appends the tensor dtypes to the key.
+        if tuple(key[:len(key_prefix)]) == key_prefix and str(dtype) in map(str, key[len(key_prefix):]):
             return AttentionConfig.from_triton(cfg)
     return None

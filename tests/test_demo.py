@@ -253,3 +253,46 @@ def test_run_demo_rejects_infeasible_budget_before_building(tmp_path, monkeypatc
         demo.run_demo(out_dir=str(tmp_path), budget=0.2, progress=False, **SMALL)
     with pytest.raises(ValueError, match="steps"):
         demo.run_demo(out_dir=str(tmp_path), budget=0.5, progress=False, **dict(SMALL, steps=4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# HunyuanVideo-1.5 tiny pipeline
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hv15_pipe():
+    return tiny.tiny_hunyuan_video15_pipeline(num_layers=1)
+
+
+def test_hv15_chat_template_puts_prompt_at_crop_start(hv15_pipe):
+    """HunyuanVideo15Pipeline drops its first prompt_template_encode_start_idx (108) tokens: with our
+    tokenizer that must be exactly the system turn and the user-turn header, leaving the prompt."""
+    tok = hv15_pipe.tokenizer
+    crop = hv15_pipe.prompt_template_encode_start_idx
+    conversation = [[{"role": "system", "content": hv15_pipe.system_message},
+                     {"role": "user", "content": "a red fox jumping"}]]
+    ids = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+    tokens = tok.convert_ids_to_tokens(ids["input_ids"][0])
+    assert tokens[crop:crop + 4] == ["a", "red", "fox", "jumping"]
+    assert tok.unk_token not in tokens
+    with torch.no_grad():
+        embeds, mask, _, _ = hv15_pipe.encode_prompt(["a red fox jumping", "sea"], device=torch.device("cpu"),
+                                                     batch_size=2)
+    lengths = mask.sum(1).tolist()
+    assert lengths[0] > lengths[1] > 0 and embeds.shape[:2] == mask.shape
+    for row, n in zip(mask, lengths):
+        assert row[:int(n)].all() and not row[int(n):].any()
+
+
+def test_hv15_save_load_round_trip(hv15_pipe, tmp_path):
+    from diffusers import DiffusionPipeline
+    hv15_pipe.save_pretrained(str(tmp_path))
+    loaded = DiffusionPipeline.from_pretrained(str(tmp_path))
+    assert type(loaded).__name__ == "HunyuanVideo15Pipeline"
+    with torch.no_grad():
+        a = hv15_pipe.encode_prompt(["a fox"], device=torch.device("cpu"))
+        b = loaded.encode_prompt(["a fox"], device=torch.device("cpu"))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    sa, sb = hv15_pipe.transformer.state_dict(), loaded.transformer.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

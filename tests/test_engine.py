@@ -319,3 +319,16 @@ def test_transitions_match_parity_vectors(fresh_hv, parity_path):
         assert info["x0_sigma_index"] == case["x0_sigma_index"] and info["renoise_sigma"] == case["renoise_sigma"]
         expected = torch.from_numpy(arrays[case["key"] + "_new_latents"])
         assert_verbose_allclose(produced[step], expected, atol=2e-5, name=f"new latents after step {step}")
+
+
+def test_rope_computed_once_per_stage_shape_and_module_restored(fresh_hv):
+    pipe = compile_pipeline(fresh_hv, budget=0.5)
+    rope = pipe.transformer.rope
+    computed = []
+    hook = rope.register_forward_hook(lambda m, args, out: computed.append(tuple(args[0].shape[2:])))
+    try:
+        run(pipe, 1)
+    finally:
+        hook.remove()
+    assert pipe.transformer.rope is rope
+    assert computed == [tuple(s) for s in pipe.dvg.last_report["samples"][0]["stage_shapes"]]

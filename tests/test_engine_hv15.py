@@ -164,10 +164,42 @@ def test_hv_i2v_keeps_frame0_condition(condition_type):
         hook.remove()
     report = pipe.dvg.last_report
     sample = report["samples"][0]
-    _check_frame0_condition(calls, sample["stage_shapes"], report["executed_model_calls"], sample["stage_axes"], 4,
+    initial = planner.initial_plan(planner.FullGrid.from_dict(report["grid"]), STEPS, 0.5)
+    axes = [initial.stage_axes[0]] + [tuple(a) for a in sample["stage_axes"][1:]]  # stage 0 runs before planning
+    _check_frame0_condition(calls, sample["stage_shapes"], report["executed_model_calls"], axes, 4,
                             "concat" if condition_type == "latent_concat" else "replace")
     if condition_type == "latent_concat":
         assert out.shape == (1, 4, 8, 16, 24)  # the pipeline drops the conditioning frame
     else:
         assert out.shape == (1, 4, 9, 16, 24)
         assert torch.equal(out[:, :, 0], calls[-1][0][:, :, 0])  # frame 0 pinned to the image latent
+
+
+def test_hv15_per_sample_plans_packed_with_cfg_match_single_runs(hv15_cfg, monkeypatch):
+    pipe = hv15_cfg
+    demands = [{"spatial_demand": 1.0, "temporal_demand": 0.0}, {"spatial_demand": 0.0, "temporal_demand": 1.0}]
+    prompt = tp.hv15_prompt(2, negative=True)
+    layouts = []
+    original = processors.packed_attention
+    monkeypatch.setattr(processors, "packed_attention",
+                        lambda q, k, v, layout: layouts.append(layout) or original(q, k, v, layout))
+    compile_pipeline(pipe, budget=0.5, plan=demands)
+    try:
+        both = pipe(**prompt, **{k: v for k, v in hv15_args(negative=False).items() if "prompt" not in k},
+                    generator=[gen(0), gen(1)]).frames
+        shapes = [s["stage_shapes"] for s in pipe.dvg.last_report["samples"]]
+        assert shapes[0] != shapes[1]
+        packed = [lay for lay in layouts if lay.batch == 1]
+        layers = pipe.transformer.config.num_layers
+        assert len(packed) == 2 * layers * (STEPS - 4)  # cond + uncond, one packed stream each, after stage 0
+        assert all(lay.cu_seqlens.numel() == 3 and lay.segment_lengths[0] != lay.segment_lengths[1] for lay in packed)
+        monkeypatch.setattr(processors, "packed_attention", original)
+        for b in range(2):
+            compile_pipeline(pipe, plan=[demands[b]])
+            single = {k: v[b:b + 1] for k, v in prompt.items()}
+            alone = pipe(**single, **{k: v for k, v in hv15_args(negative=False).items() if "prompt" not in k},
+                         generator=[gen(b)]).frames
+            assert pipe.dvg.last_report["samples"][0]["stage_shapes"] == shapes[b]
+            assert_verbose_allclose(both[b:b + 1], alone, atol=ATTN_ATOL, rtol=1e-4, name=f"HV-1.5 sample {b}")
+    finally:
+        pipe.dvg.restore()

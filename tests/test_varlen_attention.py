@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -17,19 +18,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+try:  # a GPU host may lack hypothesis: only the property test needs it
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = settings = st = None
+
 from _tolerances import assert_twice_torch_error, assert_verbose_allclose
 from dvg_engine.ops import _registry
 from dvg_engine.ops import attention as attn
 from dvg_engine.ops.attention import cu_seqlens_from_lengths, varlen_attention, varlen_attention_ref
 
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 triton_missing = not _registry.triton_importable()
 on_gpu = torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(triton_missing, reason="triton is not installed")
 needs_cuda = pytest.mark.skipif(not on_gpu or triton_missing, reason="needs a CUDA GPU and triton")
 
 # Kernel tests run on the GPU when there is one, else on CPU tensors through the interpreter.
 DEVICE = "cuda" if on_gpu else "cpu"
 CPU_OK = on_gpu or os.environ.get("TRITON_INTERPRET") == "1"
+runs_kernels = pytest.mark.skipif(triton_missing or not CPU_OK,
+                                  reason="needs triton, and a GPU or TRITON_INTERPRET=1")
 
 
 def _kernels():
@@ -49,7 +58,6 @@ def _tma_possible():
     return not on_gpu or torch.cuda.get_device_capability()[0] >= 9
 
 
-needs_tma = pytest.mark.skipif(not CPU_OK or triton_missing, reason="needs the interpreter or a GPU")
 
 
 def _make_inputs(lens_q, lens_k, heads_q, heads_kv, head_dim, dtype, device=DEVICE, seed=0):
@@ -95,8 +103,7 @@ CASES = {
 }
 
 
-@needs_triton
-@pytest.mark.skipif(not CPU_OK, reason="no GPU and TRITON_INTERPRET is not 1")
+@runs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_triton_matches_fp64_reference_twice_rule(case, dtype):
@@ -115,7 +122,7 @@ def test_triton_matches_fp64_reference_twice_rule(case, dtype):
     assert_verbose_allclose(ref64, loop, atol=1e-12, name="reference vs SDPA loop")
 
 
-@needs_tma
+@runs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", ["awkward-lengths", "unequal-q-k", "empty-and-keyless", "head-dim-128-gqa"])
 def test_tma_descriptor_path_matches_fp64_reference(case, dtype):
@@ -133,7 +140,7 @@ def test_tma_descriptor_path_matches_fp64_reference(case, dtype):
     assert_verbose_allclose(lse, lse64, atol=1e-5, rtol=1e-5, name=f"tma lse[{case}]")
 
 
-@needs_tma
+@runs_kernels
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # the interpreter's numpy meets inf - inf
 @pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
 def test_non_finite_values_do_not_leak_across_sequences_or_past_total(use_tma):
@@ -157,7 +164,7 @@ def test_non_finite_values_do_not_leak_across_sequences_or_past_total(use_tma):
     assert_verbose_allclose(lse[:, :20], lse64, atol=1e-5, rtol=1e-5, name="lse of sequence 0")
 
 
-@needs_tma
+@runs_kernels
 def test_tma_config_rejected_where_unsupported():
     q, k, v, cu_q, cu_k = _make_inputs([17], [17], 2, 2, 40, torch.float32)  # head_dim 40: padded columns
     assert not _kernels().tma_supported(q, k, v)
@@ -168,8 +175,30 @@ def test_tma_config_rejected_where_unsupported():
     assert not _kernels().tma_supported(q, strided, v)
 
 
-@needs_triton
-@pytest.mark.skipif(not CPU_OK, reason="no GPU and TRITON_INTERPRET is not 1")
+def _property_test(test):
+    if given is None:
+        return pytest.mark.skip(reason="hypothesis is not installed")(test)
+    return settings(max_examples=12, deadline=None, derandomize=True)(given(
+        lens=st.lists(st.tuples(st.integers(0, 45), st.integers(0, 45)), min_size=1, max_size=4),
+        heads_kv=st.integers(1, 2), group=st.integers(1, 3), head_dim=st.sampled_from([8, 16, 24, 64]),
+        block_n=st.sampled_from([16, 32]))(test))
+
+
+@runs_kernels
+@_property_test
+def test_random_shapes_match_reference(lens, heads_kv, group, head_dim, block_n):
+    """Random batches (empty and key-less sequences included), GQA groups and small / padded head dims."""
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    if sum(lens_q) == 0:
+        lens_q[0] = 1
+    q, k, v, cu_q, cu_k = _make_inputs(lens_q, lens_k, heads_kv * group, heads_kv, head_dim, torch.float32)
+    out, lse = _run_triton(q, k, v, cu_q, cu_k, lens_q, lens_k, config=_config(16, block_n))
+    ref64, lse64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k, return_lse=True)
+    assert_verbose_allclose(out, ref64, atol=2e-6, rtol=1e-5, name="out")
+    assert_verbose_allclose(lse, lse64, atol=2e-6, rtol=1e-6, name="lse")
+
+
+@runs_kernels
 def test_keyless_rows_are_zero_and_lse_minus_inf():
     lens_q, lens_k = [3, 20, 5], [0, 0, 19]
     q, k, v, cu_q, cu_k = _make_inputs(lens_q, lens_k, 2, 2, 64, torch.float32)
@@ -179,10 +208,14 @@ def test_keyless_rows_are_zero_and_lse_minus_inf():
     assert bool(torch.isfinite(lse[:, 23:]).all()) and bool(torch.isfinite(out[23:]).all())
     ref, ref_lse = varlen_attention_ref(q, k, v, cu_q, cu_k, return_lse=True)
     assert torch.equal(ref[:23], out[:23]) and torch.equal(ref_lse[:, :23], lse[:, :23])
+    # No keys in the whole batch (an empty k / v buffer, max_seqlen_k = 0), through the public op.
+    q, k, v, cu_q, cu_k = _make_inputs([2, 3], [0, 0], 2, 2, 64, torch.float32)
+    with _registry.use_backend("triton"):
+        out, lse = varlen_attention(q, k, v, cu_q, cu_k, 3, 0, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out)) and bool(torch.isneginf(lse).all())
 
 
-@needs_triton
-@pytest.mark.skipif(not CPU_OK, reason="no GPU and TRITON_INTERPRET is not 1")
+@runs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_canary_padded_inputs_and_poisoned_outputs(dtype):
     """Inputs are views into larger NaN-filled buffers (extra tokens past total and extra channels past
@@ -219,8 +252,7 @@ def test_canary_padded_inputs_and_poisoned_outputs(dtype):
     assert_verbose_allclose(lse_view, lse64, atol=1e-5, rtol=1e-5, name="lse (canary inputs)")
 
 
-@needs_triton
-@pytest.mark.skipif(not CPU_OK, reason="no GPU and TRITON_INTERPRET is not 1")
+@runs_kernels
 def test_op_through_registry_matches_explicit_launch_and_torch_backend():
     """The public op on the triton backend (its default / autotuned config), with and without content
     validation, and with an oversized max_seqlen, against the torch backend; and a custom softmax_scale."""
@@ -400,6 +432,70 @@ def test_package_imports_and_runs_without_triton(tmp_path):
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
 
 
+@runs_kernels
+def test_benchmark_check_sweep_runs(capsys):
+    """`benchmarks/bench_attention.py --check` is what a GPU host runs first: its code path (autotuned op,
+    explicit configs, comparison, PASS/FAIL report) runs here on small shapes."""
+    sys.path.insert(0, str(_REPO_ROOT / "benchmarks"))
+    try:
+        import bench_attention
+    finally:
+        sys.path.pop(0)
+    # On a GPU the config sweep is test_gpu_every_candidate_config's job (compiles cost seconds each).
+    ok = bench_attention.check(DEVICE, dtypes=(torch.float16,), shapes=[([17, 5], [17, 9], 24, 24, 128)],
+                               sweep_dtype=None if on_gpu else torch.float16)
+    printed = capsys.readouterr().out
+    assert ok, printed
+    assert printed.count("PASS  ") >= (1 if on_gpu else 2) and "FAIL" not in printed, printed
+    assert bench_attention.flops([3, 4], [5, 6], 2, 8) == 4.0 * (15 + 24) * 2 * 8
+
+
+_AOT_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import bench_attention
+from dvg_engine.kernels.varlen_attention import AttentionConfig
+results = []
+for arch, dtype, head_dim, tile in json.loads(sys.argv[1]):
+    try:
+        results.append(bench_attention.aot_compile(arch, dtype, head_dim, AttentionConfig(*tile), True))
+    except Exception as exc:
+        results.append({"error": f"{type(exc).__name__}: {exc}"[:2000]})
+print("RESULTS " + json.dumps(results))
+"""
+
+# (arch, dtype, head_dim, (block_m, block_n, num_warps, num_stages, use_tma)) and the target's shared
+# memory per block (opt-in maximum).
+_AOT_CASES = [(90, "bf16", 128, (128, 128, 8, 2, True)), (90, "bf16", 128, (128, 64, 8, 3, False)),
+              (80, "fp16", 40, (64, 64, 4, 3, False))]
+_SHARED_LIMIT = {90: 232448, 80: 166912}
+
+
+@pytest.mark.skipif(triton_missing or on_gpu, reason="needs triton; on a GPU the real kernels run instead")
+def test_kernel_compiles_for_gpu_targets_without_a_gpu():
+    """Catches GPU-only compile errors (the interpreter accepts code a GPU compile rejects) and checks what
+    production configs compile to: Hopper warpgroup MMA, TMA loads where asked, shared memory that fits.
+    Runs in a subprocess because the kernel module must be imported without TRITON_INTERPRET."""
+    import json
+
+    import triton
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 5):
+        pytest.skip(f"the ahead-of-time signature format used here is that of Triton >= 3.5, not {triton.__version__}")
+    cases = [c for c in _AOT_CASES if not c[3][4] or _kernels()._tensor_descriptor_class() is not None]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(cases), str(_REPO_ROOT / "benchmarks")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+    for (arch, dtype, head_dim, tile), got in zip(cases, json.loads(lines[0][len("RESULTS "):])):
+        label = f"sm{arch} {dtype} d={head_dim} {tile}"
+        assert "error" not in got, f"{label}: {got.get('error')}"
+        assert got["shared"] <= _SHARED_LIMIT[arch], f"{label}: shared memory {got['shared']}"
+        assert got["wgmma"] == (arch >= 90), f"{label}: wgmma {got['wgmma']}"
+        assert got["tma"] == tile[4], f"{label}: TMA loads {got['tma']}"
+        assert got.get("spill_stack", 0) == 0 or tile[2] == 4, f"{label}: spills {got.get('spill_stack')} bytes"
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPU (skip without CUDA)
 # ---------------------------------------------------------------------------------------------------
@@ -415,6 +511,8 @@ def test_gpu_hunyuan_shapes_autotuned(dtype, lens_q, lens_k, heads_kv):
     q, k, v, cu_q, cu_k = _make_inputs(lens_q, lens_k, 24, heads_kv, 128, dtype, device="cuda")
     with _registry.use_backend("triton"):
         out, lse = varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), return_lse=True)
+    chosen = _kernels().best_config(128, dtype, True, max(lens_q), max(lens_k))
+    assert chosen in _kernels().candidate_configs(128, 2, _kernels().tma_supported(q, k, v)), chosen
     ref64, lse64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k, return_lse=True)
     torch_out = varlen_attention_ref(q, k, v, cu_q, cu_k, upcast=False)
     assert_twice_torch_error(out, torch_out, ref64, name=f"out {dtype}")
@@ -422,12 +520,14 @@ def test_gpu_hunyuan_shapes_autotuned(dtype, lens_q, lens_k, heads_kv):
 
 
 @needs_cuda
-@pytest.mark.parametrize("config", [(128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)], ids=str)
+@pytest.mark.parametrize("config", [(64, 64, 4, 3, False), (128, 128, 8, 2, False), (64, 64, 4, 3, True)], ids=str)
 def test_gpu_explicit_configs_fp32_ieee(config):
     """fp32 inputs must not silently run in TF32: every config matches an fp64 reference at fp32 accuracy."""
     lens = [300, 129, 1]
     q, k, v, cu_q, cu_k = _make_inputs(lens, lens, 4, 2, 64, torch.float32, device="cuda")
     cfg = _kernels().AttentionConfig(*config)
+    if cfg.use_tma and not _kernels().tma_supported(q, k, v):
+        pytest.skip("this GPU has no TMA")
     out, lse = _run_triton(q, k, v, cu_q, cu_k, lens, lens, config=cfg)
     ref64, lse64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k, return_lse=True)
     torch_out = varlen_attention_ref(q, k, v, cu_q, cu_k, upcast=False)
@@ -436,9 +536,8 @@ def test_gpu_explicit_configs_fp32_ieee(config):
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_gpu_every_candidate_config(dtype, head_dim):
+def test_gpu_every_candidate_config(head_dim, dtype=torch.bfloat16):
     """Each config the autotuner may pick compiles and is correct (the autotuner would otherwise only
     surface a broken config on the shape that happens to select it)."""
     kernels = _kernels()

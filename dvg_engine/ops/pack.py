@@ -18,9 +18,13 @@ Inputs of the pack:
 * `text: (B, text_len, heads, head_dim)` (or `(B, text_len, features)`): padded text tokens; sample b's
   valid tokens are the prefix of length `text_lens[b] = (cu_seqlens[b+1] - cu_seqlens[b]) -
   (cu_latent[b+1] - cu_latent[b])` (0 ≤ text_lens[b] ≤ text_len; 0 = a sample without text).
+* or, with `cu_text` int32 `(B+1,)`: `text: (total_text, heads, head_dim)` (or `(total_text, features)`), the
+  valid text tokens of all samples concatenated (sample b's are rows `[cu_text[b], cu_text[b+1])`), the layout
+  of an engine that keeps one text stream; then `cu_seqlens = cu_latent + cu_text` and `unpack_tokens`
+  returns the text stream `(total_text, ...)` (its `text_len` argument is then `total_text`).
 * `cu_latent`, `cu_seqlens`: int32 `(B+1,)`, prefix sums starting at 0. Build both on the host from the plan
   with `packed_layout(latent_lens, text_lens)`, which also returns `total` and `max_seqlen` as Python ints
-  (no device-to-host read in the step loop).
+  (no device-to-host read in the step loop); `cu_text = cu_seqlens - cu_latent`.
 * `total`: host int, `cu_seqlens[-1]`; it fixes the output size so the fake (meta) implementation and
   `torch.compile` know it without reading device memory.
 
@@ -188,19 +192,40 @@ def _features(x: torch.Tensor, leading: int) -> Tuple[int, ...]:
     return tuple(x.shape[leading:])
 
 
+def _text_counts(op: str, lat: List[int], seq: List[int], capacity: Optional[int], text_cu: Optional[List[int]]) -> None:
+    """Per sample, the text tokens implied by cu_seqlens − cu_latent must fit the padded text (0..capacity) or
+    equal the sample's rows of the text stream (cu_text)."""
+    for b in range(len(lat) - 1):
+        n_lat = lat[b + 1] - lat[b]
+        n_txt = seq[b + 1] - seq[b] - n_lat
+        if text_cu is not None:
+            if n_txt != text_cu[b + 1] - text_cu[b]:
+                _fail(op, "cu_seqlens", seq, f"segments holding sample {b}'s {n_lat} latent tokens (cu_latent) plus its "
+                      f"{text_cu[b + 1] - text_cu[b]} text tokens (cu_text), i.e. cu_seqlens = cu_latent + cu_text; "
+                      f"sample {b} would get {n_txt}")
+        elif not 0 <= n_txt <= capacity:
+            _fail(op, "cu_seqlens", seq, f"segments holding sample {b}'s {n_lat} latent tokens (cu_latent) plus "
+                  f"0..{capacity} text tokens; sample {b} would get {n_txt}")
+
+
 def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, validate: bool,
-                   grid_sizes=None) -> None:
+                   grid_sizes=None, cu_text=None) -> None:
     _check_tokens(op, "latent", latent, (2, 3))
-    _check_tokens(op, "text", text, (latent.dim() + 1,), latent.device, latent.dtype)
-    if _features(latent, 1) != _features(text, 2):
+    stream = cu_text is not None
+    _check_tokens(op, "text", text, (latent.dim(),) if stream else (latent.dim() + 1,), latent.device, latent.dtype)
+    if _features(latent, 1) != _features(text, 1 if stream else 2):
         _fail(op, "text", text, f"per-token shape {tuple(latent.shape[1:])} (as latent)")
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         _fail(op, "total", total, "a non-negative int (cu_seqlens[-1], known on the host)")
-    batch = text.shape[0]
+    if stream:
+        check_cu_seqlens(op, "cu_text", cu_text, latent.device, 0, False)
+        batch = cu_text.shape[0] - 1
+    else:
+        batch = text.shape[0]
     for name, cu in (("cu_latent", cu_latent), ("cu_seqlens", cu_seqlens)):
         check_cu_seqlens(op, name, cu, latent.device, 0, False)
         if cu.shape[0] != batch + 1:
-            _fail(op, name, cu, f"shape ({batch + 1},) (text has batch {batch})")
+            _fail(op, name, cu, f"shape ({batch + 1},) ({'cu_text' if stream else 'text'} has batch {batch})")
     if grid_sizes is not None:
         if not isinstance(grid_sizes, torch.Tensor) or grid_sizes.dtype != torch.int32 or \
                 tuple(grid_sizes.shape) != (batch, 3) or not grid_sizes.is_contiguous() or \
@@ -211,13 +236,8 @@ def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, val
         return
     lat = check_cu_seqlens(op, "cu_latent", cu_latent, latent.device, latent.shape[0], True)
     seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, latent.device, total, True)
-    text_len = text.shape[1]
-    for b in range(batch):
-        n_lat = lat[b + 1] - lat[b]
-        n_txt = seq[b + 1] - seq[b] - n_lat
-        if not 0 <= n_txt <= text_len:
-            _fail(op, "cu_seqlens", seq, f"segments holding sample {b}'s {n_lat} latent tokens (cu_latent) plus "
-                  f"0..{text_len} text tokens; sample {b} would get {n_txt}")
+    text_cu = check_cu_seqlens(op, "cu_text", cu_text, latent.device, text.shape[0], True) if stream else None
+    _text_counts(op, lat, seq, None if stream else text.shape[1], text_cu)
     if grid_sizes is not None:
         grids = grid_sizes.tolist()
         for b, (t, h, w) in enumerate(grids):
@@ -227,7 +247,7 @@ def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, val
 
 
 def _validate_unpack(op: str, packed, cu_latent, cu_seqlens, total_latent: int, text_len: int,
-                     validate: bool) -> None:
+                     validate: bool, cu_text=None) -> None:
     _check_tokens(op, "packed", packed, (2, 3))
     for name, value in (("total_latent", total_latent), ("text_len", text_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -236,23 +256,23 @@ def _validate_unpack(op: str, packed, cu_latent, cu_seqlens, total_latent: int, 
     check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], False)
     if cu_latent.shape != cu_seqlens.shape:
         _fail(op, "cu_latent", cu_latent, f"the shape of cu_seqlens {tuple(cu_seqlens.shape)}")
+    if cu_text is not None:
+        check_cu_seqlens(op, "cu_text", cu_text, packed.device, text_len, False)
+        if cu_text.shape != cu_seqlens.shape:
+            _fail(op, "cu_text", cu_text, f"the shape of cu_seqlens {tuple(cu_seqlens.shape)}")
     if not validate:
         return
     lat = check_cu_seqlens(op, "cu_latent", cu_latent, packed.device, total_latent, True)
     seq = check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], True)
-    for b in range(len(lat) - 1):
-        n_lat = lat[b + 1] - lat[b]
-        n_txt = seq[b + 1] - seq[b] - n_lat
-        if not 0 <= n_txt <= text_len:
-            _fail(op, "cu_seqlens", seq, f"segments holding sample {b}'s {n_lat} latent tokens plus 0..{text_len} "
-                  f"text tokens; sample {b} would get {n_txt}")
+    text_cu = check_cu_seqlens(op, "cu_text", cu_text, packed.device, text_len, True) if cu_text is not None else None
+    _text_counts(op, lat, seq, text_len, text_cu)
 
 
 def _validate_rope(op: str, q_latent, k_latent, q_text, k_text, rope_inv_freq_t, rope_axes_dim) -> Tuple[int, int, int]:
     if q_latent.dim() != 3:
         _fail(op, "q_latent", q_latent, "a 3-D tensor (total_latent, heads, head_dim)")
     _check_tokens(op, "k_latent", k_latent, (3,), q_latent.device, q_latent.dtype)
-    _check_tokens(op, "k_text", k_text, (4,), q_latent.device, q_latent.dtype)
+    _check_tokens(op, "k_text", k_text, (q_text.dim(),), q_latent.device, q_latent.dtype)
     if k_latent.shape != q_latent.shape:
         _fail(op, "k_latent", k_latent, f"the shape of q_latent {tuple(q_latent.shape)}")
     if k_text.shape != q_text.shape:
@@ -316,12 +336,13 @@ def _apply_rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 def pack_tokens_reference(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor,
                           cu_seqlens: torch.Tensor, total: int, grid_sizes: Optional[torch.Tensor] = None,
                           rope_inv_freq: Optional[torch.Tensor] = None,
-                          rope_axes_dim: Optional[Sequence[int]] = None, upcast: bool = True) -> torch.Tensor:
+                          rope_axes_dim: Optional[Sequence[int]] = None, upcast: bool = True,
+                          cu_text: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Torch reference of the pack (optionally with the fused RoPE on latent tokens).
 
-    latent: (total_latent, *features); text: (B, text_len, *features) → (total, *features) contiguous.
-    With RoPE, features are (heads, head_dim) and the math is fp32 when `upcast` (as diffusers), else in x's
-    dtype (a plain same-dtype torch implementation)."""
+    latent: (total_latent, *features); text: (B, text_len, *features), or with `cu_text` a stream
+    (total_text, *features) → (total, *features) contiguous. With RoPE, features are (heads, head_dim) and the
+    math is fp32 when `upcast` (as diffusers), else in x's dtype (a plain same-dtype torch implementation)."""
     sample, local, is_latent, latent_row, text_col = _pack_gather_index(cu_latent, cu_seqlens, total, latent.device)
     out = latent.new_zeros((total, *latent.shape[1:]))
     if total == 0:
@@ -333,16 +354,22 @@ def pack_tokens_reference(latent: torch.Tensor, text: torch.Tensor, cu_latent: t
             cos, sin = _rope_cos_sin(local, sample, grid_sizes, rope_inv_freq, rope_axes_dim)
             rows = _apply_rope_reference(rows, cos, sin, upcast)
         out = torch.where(is_latent.view(expand), rows, out)
-    if text.shape[1] > 0:
+    if cu_text is not None:
+        if text.shape[0] > 0:
+            text_row = cu_text.to(torch.int64)[sample] + text_col
+            out = torch.where(is_latent.view(expand), out, text[text_row.clamp(0, text.shape[0] - 1)])
+    elif text.shape[1] > 0:
         tokens = text[sample, text_col.clamp(0, text.shape[1] - 1)]
         out = torch.where(is_latent.view(expand), out, tokens)
     return out
 
 
 def unpack_tokens_reference(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
-                            total_latent: int, text_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Torch reference of the unpack: packed (total, *features) → latent (total_latent, *features),
-    text (B, text_len, *features) with zeros past each sample's valid text."""
+                            total_latent: int, text_len: int,
+                            cu_text: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Torch reference of the unpack: packed (total, *features) → latent (total_latent, *features) and text:
+    (B, text_len, *features) with zeros past each sample's valid text, or with `cu_text` the text stream
+    (text_len = total_text, *features)."""
     batch = cu_seqlens.shape[0] - 1
     features = packed.shape[1:]
     device = packed.device
@@ -353,9 +380,17 @@ def unpack_tokens_reference(packed: torch.Tensor, cu_latent: torch.Tensor, cu_se
     latent = packed.new_zeros((total_latent, *features))
     if total_latent > 0 and packed.shape[0] > 0:
         latent = packed[(cu_seq[sample] + rows - cu_lat[sample]).clamp(0, packed.shape[0] - 1)]
+    latent_len = cu_lat[1:] - cu_lat[:-1]
+    if cu_text is not None:
+        text = packed.new_zeros((text_len, *features))
+        if text_len > 0 and packed.shape[0] > 0:
+            text_rows = torch.arange(text_len, device=device, dtype=torch.int64)
+            text_sample = _segment_of(text_rows, cu_text)
+            src = cu_seq[text_sample] + latent_len[text_sample] + text_rows - cu_text.to(torch.int64)[text_sample]
+            text = packed[src.clamp(0, packed.shape[0] - 1)]
+        return latent.contiguous(), text.contiguous()
     text = packed.new_zeros((batch, text_len, *features))
     if text_len > 0 and packed.shape[0] > 0:
-        latent_len = cu_lat[1:] - cu_lat[:-1]
         text_lens = cu_seq[1:] - cu_seq[:-1] - latent_len
         col = torch.arange(text_len, device=device, dtype=torch.int64)
         src = (cu_seq[:-1] + latent_len)[:, None] + col[None, :]
@@ -386,64 +421,68 @@ def _cpp_ops():
 
 @torch.library.custom_op("dvg::pack_tokens", mutates_args=())
 def _pack_tokens_op(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
-                    total: int, validate: bool = True) -> torch.Tensor:
-    _validate_pack("pack_tokens", latent, text, cu_latent, cu_seqlens, total, validate)
+                    total: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> torch.Tensor:
+    _validate_pack("pack_tokens", latent, text, cu_latent, cu_seqlens, total, validate, cu_text=cu_text)
     return _registry.dispatch("pack_tokens", latent.device, {
-        "torch": lambda *a: pack_tokens_reference(*a, upcast=True),
+        "torch": lambda *a: pack_tokens_reference(*a[:5], upcast=True, cu_text=a[5]),
         "triton": _registry.lazy_impl(lambda: _triton_module().pack_tokens),
         "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_pack_tokens),
-    }, latent, text, cu_latent, cu_seqlens, total)
+    }, latent, text, cu_latent, cu_seqlens, total, cu_text)
 
 
 @_pack_tokens_op.register_fake
-def _(latent, text, cu_latent, cu_seqlens, total, validate=True):
-    _validate_pack("pack_tokens", latent, text, cu_latent, cu_seqlens, total, False)
+def _(latent, text, cu_latent, cu_seqlens, total, cu_text=None, validate=True):
+    _validate_pack("pack_tokens", latent, text, cu_latent, cu_seqlens, total, False, cu_text=cu_text)
     return latent.new_empty((total, *latent.shape[1:]))
 
 
 @torch.library.custom_op("dvg::unpack_tokens", mutates_args=())
 def _unpack_tokens_op(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, total_latent: int,
-                      text_len: int, validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, validate)
+                      text_len: int, cu_text: Optional[torch.Tensor] = None,
+                      validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, validate, cu_text)
     return _registry.dispatch("unpack_tokens", packed.device, {
         "torch": unpack_tokens_reference,
         "triton": _registry.lazy_impl(lambda: _triton_module().unpack_tokens),
         "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_unpack_tokens),
-    }, packed, cu_latent, cu_seqlens, total_latent, text_len)
+    }, packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text)
 
 
 @_unpack_tokens_op.register_fake
-def _(packed, cu_latent, cu_seqlens, total_latent, text_len, validate=True):
-    _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, False)
-    batch = cu_seqlens.shape[0] - 1
+def _(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text=None, validate=True):
+    _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, False, cu_text)
+    text_shape = (text_len,) if cu_text is not None else (cu_seqlens.shape[0] - 1, text_len)
     return (packed.new_empty((total_latent, *packed.shape[1:])),
-            packed.new_empty((batch, text_len, *packed.shape[1:])))
+            packed.new_empty((*text_shape, *packed.shape[1:])))
 
 
 def _pack_qk_rope_reference(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq,
-                            rope_axes_dim, total):
+                            rope_axes_dim, total, cu_text):
     return tuple(pack_tokens_reference(lat, txt, cu_latent, cu_seqlens, total, grid_sizes, inv_freq, rope_axes_dim,
-                                       upcast=True) for lat, txt in ((q_latent, q_text), (k_latent, k_text)))
+                                       upcast=True, cu_text=cu_text)
+                 for lat, txt in ((q_latent, q_text), (k_latent, k_text)))
 
 
 @torch.library.custom_op("dvg::pack_qk_rope", mutates_args=())
 def _pack_qk_rope_op(q_latent: torch.Tensor, k_latent: torch.Tensor, q_text: torch.Tensor, k_text: torch.Tensor,
                      cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, grid_sizes: torch.Tensor,
                      rope_inv_freq: torch.Tensor, rope_axes_dim: List[int], total: int,
+                     cu_text: Optional[torch.Tensor] = None,
                      validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    _validate_pack("pack_qk_rope", q_latent, q_text, cu_latent, cu_seqlens, total, validate, grid_sizes)
+    _validate_pack("pack_qk_rope", q_latent, q_text, cu_latent, cu_seqlens, total, validate, grid_sizes, cu_text)
     axes = _validate_rope("pack_qk_rope", q_latent, k_latent, q_text, k_text, rope_inv_freq, rope_axes_dim)
     return _registry.dispatch("pack_qk_rope", q_latent.device, {
         "torch": _pack_qk_rope_reference,
         "triton": _registry.lazy_impl(lambda: _triton_module().pack_qk_rope),
         "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_pack_qk_rope),
-    }, q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, list(axes), total)
+    }, q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, list(axes), total,
+        cu_text)
 
 
 @_pack_qk_rope_op.register_fake
 def _(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, rope_axes_dim, total,
-      validate=True):
-    _validate_pack("pack_qk_rope", q_latent, q_text, cu_latent, cu_seqlens, total, False, grid_sizes)
+      cu_text=None, validate=True):
+    _validate_pack("pack_qk_rope", q_latent, q_text, cu_latent, cu_seqlens, total, False, grid_sizes, cu_text)
     _validate_rope("pack_qk_rope", q_latent, k_latent, q_text, k_text, rope_inv_freq, rope_axes_dim)
     shape = (total, *q_latent.shape[1:])
     return q_latent.new_empty(shape), q_latent.new_empty(shape)
@@ -454,34 +493,36 @@ def _(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rop
 # ----------------------------------------------------------------------------------------------------
 
 def pack_tokens(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
-                total: int, validate: bool = True) -> torch.Tensor:
-    """latent: (total_latent, [heads,] dim); text: (B, text_len, [heads,] dim) → packed (total, [heads,] dim).
+                total: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> torch.Tensor:
+    """latent: (total_latent, [heads,] dim); text: (B, text_len, [heads,] dim) padded, or with `cu_text`
+    (B+1,) int32 a stream (total_text, [heads,] dim) → packed (total, [heads,] dim).
 
-    Sample b's segment is [its latent tokens ; its first cu_seqlens-implied text tokens]; see the module
-    docstring. `validate=False` skips the checks that read `cu_*` values (a device sync on CUDA)."""
-    return torch.ops.dvg.pack_tokens(latent, text, cu_latent, cu_seqlens, total, validate)
+    Sample b's segment is [its latent tokens ; its text tokens]; see the module docstring. `validate=False`
+    skips the checks that read `cu_*` values (a device sync on CUDA)."""
+    return torch.ops.dvg.pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text, validate)
 
 
 def unpack_tokens(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, total_latent: int,
-                  text_len: int, validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """packed: (total, [heads,] dim) → latent (total_latent, [heads,] dim), text (B, text_len, [heads,] dim)
-    with zeros past each sample's valid text."""
-    return torch.ops.dvg.unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, validate)
+                  text_len: int, cu_text: Optional[torch.Tensor] = None,
+                  validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """packed: (total, [heads,] dim) → latent (total_latent, [heads,] dim) and text: (B, text_len, [heads,] dim)
+    with zeros past each sample's valid text, or with `cu_text` the stream (text_len = total_text, [heads,] dim)."""
+    return torch.ops.dvg.unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, validate)
 
 
 def pack_qk_rope(q_latent: torch.Tensor, k_latent: torch.Tensor, q_text: torch.Tensor, k_text: torch.Tensor,
                  cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, grid_sizes: torch.Tensor, total: int,
                  rope_axes_dim: Sequence[int] = DEFAULT_ROPE_AXES_DIM, theta: float = DEFAULT_ROPE_THETA,
-                 inv_freq: Optional[torch.Tensor] = None,
+                 inv_freq: Optional[torch.Tensor] = None, cu_text: Optional[torch.Tensor] = None,
                  validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """q/k_latent: (total_latent, heads, head_dim); q/k_text: (B, text_len, heads, head_dim);
-    grid_sizes: int32 (B, 3) token grid (T, H, W) per sample → packed q, k (total, heads, head_dim) with
-    HunyuanVideo's 3-D RoPE applied to the latent tokens. `inv_freq` defaults to
-    `rope_inv_freq(rope_axes_dim, theta, q_latent.device)` (cached)."""
+    """q/k_latent: (total_latent, heads, head_dim); q/k_text: (B, text_len, heads, head_dim) padded, or with
+    `cu_text` streams (total_text, heads, head_dim); grid_sizes: int32 (B, 3) token grid (T, H, W) per sample →
+    packed q, k (total, heads, head_dim) with HunyuanVideo's 3-D RoPE applied to the latent tokens. `inv_freq`
+    defaults to `rope_inv_freq(rope_axes_dim, theta, q_latent.device)` (cached)."""
     if inv_freq is None:
         inv_freq = rope_inv_freq(rope_axes_dim, theta, q_latent.device)
     return torch.ops.dvg.pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes,
-                                      inv_freq, list(rope_axes_dim), total, validate)
+                                      inv_freq, list(rope_axes_dim), total, cu_text, validate)
 
 
 __all__ = ["pack_tokens", "unpack_tokens", "pack_qk_rope", "packed_layout", "rope_inv_freq",

@@ -103,6 +103,8 @@ def check_resample_args(x0, anchor_t, anchor_h, anchor_w, coord_t, coord_h, coor
         fail(f"{p}x0", x0, "a 5-D tensor (B, C, T, H, W) of dtype float16, bfloat16, float32 or float64")
     batch, channels, t_s, h_s, w_s = x0.shape
     device = x0.device
+    if channels < 1:
+        fail(f"{p}x0", x0, "at least one channel")
     for dim, size in zip("THW", (t_s, h_s, w_s)):
         if size < 1 or size > _MAX_DIM:
             fail(f"{p}x0", x0, f"source sizes in [1, {_MAX_DIM}] (dimension {dim} is {size})")
@@ -187,9 +189,10 @@ def resample_renoise_ref(x0: Tensor, anchor_t: Tensor, anchor_h: Tensor, anchor_
     for seed in seed_list:
         if seed not in fields:
             fields[seed] = sampling.coordinate_noise(*axes, x0.shape[1], seed, dtype=up.dtype, device=x0.device)
-    if len(fields) == 1:
-        noise = fields[seed_list[0]] if seed_list else torch.zeros((1, *up.shape[1:]), dtype=up.dtype,
-                                                                    device=x0.device)
+    if not seed_list:  # an empty batch
+        noise = up
+    elif len(fields) == 1:
+        noise = fields[seed_list[0]]
     else:
         noise = torch.cat([fields[s] for s in seed_list])
     out = sampling.renoise(up, noise, sigma).to(out_dtype)
@@ -220,8 +223,9 @@ def _load_triton():
         if out is None:
             out = torch.empty(_output_shape(x0, coord_t, coord_h, coord_w, layout, patch),
                               dtype=out_dtype or x0.dtype, device=x0.device)
-        return kernel_module.resample_renoise(x0, anchor_t, anchor_h, anchor_w, coord_t, coord_h, coord_w, seeds,
-                                              sigma, smoothing, out, layout, patch)
+        # the kernels index the 1-D tables with unit stride
+        index = [v.contiguous() for v in (anchor_t, anchor_h, anchor_w, coord_t, coord_h, coord_w, seeds)]
+        return kernel_module.resample_renoise(x0, *index, sigma, smoothing, out, layout, patch)
     return run
 
 
@@ -237,8 +241,8 @@ def _load_cpp():
         if out is None:
             out = torch.empty(_output_shape(x0, coord_t, coord_h, coord_w, layout, patch),
                               dtype=out_dtype or x0.dtype, device=x0.device)
-        cpp_op(x0, anchor_t, anchor_h, anchor_w, coord_t, coord_h, coord_w, seeds, float(sigma), int(smoothing),
-               layout == "tokens", list(patch), out)
+        index = [v.contiguous() for v in (anchor_t, anchor_h, anchor_w, coord_t, coord_h, coord_w, seeds)]
+        cpp_op(x0, *index, float(sigma), int(smoothing), layout == "tokens", list(patch), out)
         return out
     return run
 
