@@ -168,6 +168,14 @@ def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
 
 
 def _cuda_time(fn, repeats: int) -> float:
+    if not torch.cuda.is_available():  # the CPU smoke run of this code path (tests)
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
     fn()
     torch.cuda.synchronize()
     times = []
@@ -182,18 +190,22 @@ def _cuda_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_gpu(device: str = "cuda", quick: bool = False) -> List[dict]:
+def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optional[Dict] = None,
+            geometry=(720, 1280, 129), dtype: torch.dtype = torch.bfloat16) -> List[dict]:
+    """config_override / geometry / dtype exist for the CPU smoke test of this code path."""
     from dvg_engine import planner, processors
-    if not torch.cuda.is_available():
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("bench_e2e GPU mode needs a CUDA device; none is available")
-    dtype = torch.bfloat16
     config = dict(HV_FULL_CONFIG)
     scale = 1.0
     if quick:
         config.update(num_layers=2, num_single_layers=4)
         scale = (HV_FULL_CONFIG["num_layers"] + HV_FULL_CONFIG["num_single_layers"]) / 6
+    if config_override:
+        config.update(config_override)
+        scale = 1.0
     model = _materialise(config, device, dtype)
-    grid = planner.full_grid("hunyuan_video", 720, 1280, 129)
+    grid = planner.full_grid("hunyuan_video", *geometry)
     steps = 50
     plan = planner.plan_stages(grid, steps, BUDGET, DEMANDS["spatial_demand"], DEMANDS["temporal_demand"])
     calls = plan.executed_model_calls
@@ -245,7 +257,7 @@ def run_gpu(device: str = "cuda", quick: bool = False) -> List[dict]:
                  "baseline_loop_s": steps * baseline_full * scale, "dvg_loop_s": dvg_loop * scale,
                  "implied_speedup_vs_baseline": implied, "ideal_speedup": ideal,
                  "speedup_over_ideal": implied / ideal, "density": plan.density,
-                 "gpu": torch.cuda.get_device_name(device)})
+                 "gpu": torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cpu (smoke)"})
     del model
     torch.cuda.empty_cache()
     return rows

@@ -156,7 +156,7 @@ def run(device: str = "cpu", quick: bool = False) -> list:
     return rows
 
 
-def check(device: str = "cuda") -> bool:
+def check(device: str = "cuda", dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> bool:
     """GPU correctness of the Triton kernels against the torch reference on the same device, every dtype;
     prints one PASS/FAIL line per check. (No diffusers needed: the reference's RoPE is checked against
     diffusers by the CPU tests.)"""
@@ -169,7 +169,7 @@ def check(device: str = "cuda") -> bool:
         print(f"{'PASS' if ok else 'FAIL'} {name} {detail}".rstrip(), flush=True)
 
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for dtype in dtypes:
         latent, text, cu_latent, cu_seqlens, total, grid_sizes = _pack_inputs(4, 128, dtype, device)
         with _registry.use_backend("torch"):
             ref = P.pack_tokens(latent, text, cu_latent, cu_seqlens, total)

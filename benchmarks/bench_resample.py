@@ -181,10 +181,11 @@ def run(device: str = "cpu", quick: bool = False) -> List[Dict[str, object]]:
     return run_gpu(quick) if str(device).startswith("cuda") else run_cpu(quick)
 
 
-def check_gpu(parity_dir: Optional[str] = None) -> bool:
-    """Triton on CUDA vs the torch reference and the parity vectors; prints PASS/FAIL per check."""
+def check_gpu(parity_dir: Optional[str] = None, device: str = "cuda") -> bool:
+    """Triton on CUDA vs the torch reference and the parity vectors; prints PASS/FAIL per check.
+    (`device="cpu"` runs the same checks under TRITON_INTERPRET=1, to test this function itself.)"""
     import numpy as np
-    device = torch.device("cuda")
+    device = torch.device(device)
     ok = True
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -246,10 +247,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small shapes")
     parser.add_argument("--check", action="store_true", help="GPU correctness checks (PASS/FAIL)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--parity-dir", default=os.environ.get("DVG_PARITY_DIR",
                                                                str(pathlib.Path(__file__).resolve().parents[2]
                                                                    / "shared" / "parity")))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.check or args.device == "cuda":
         if not torch.cuda.is_available():
             print("no CUDA device found: GPU benchmark/check skipped")

@@ -11,11 +11,18 @@
 // dvg_engine/ops/resample.py) validates the arguments and dispatches here.
 //
 // Parallel over (c, t) planes with at::parallel_for (torch's intra-op pool, so torch.set_num_threads
-// applies), samples inner so that samples with equal seeds compute the noise once. Every float operation is rounded as the torch reference rounds it
-// (area sum in row-major order then halvings, lerp as one fused multiply-add from the nearer end,
-// 0.7·x and 0.3·pooled rounded separately, IEEE divisions), and the hash/Box–Muller run in
-// uint64/double, so the result equals the reference bit for bit on the same CPU: fp contraction is
-// switched off below because a compiler-fused a·b + c·d would round differently.
+// applies), samples inner so that samples with equal seeds compute the noise once. Every float
+// operation is rounded as the torch reference rounds it (area sum in row-major order then halvings,
+// lerp as one fused multiply-add from the nearer end, 0.7·x and 0.3·pooled rounded separately, IEEE
+// divisions), the hash runs in uint64 with explicit arithmetic shifts and Box–Muller in double with
+// the same SLEEF log/cos torch uses, so the result equals the reference bit for bit on the same CPU
+// (tested); fp contraction is switched off below because a compiler-fused a·b + c·d would round
+// differently.
+//
+// Cost: the hash and the fp64 log/cos dominate (the op runs at ~1–2 % of the memory-copy bandwidth:
+// compute-bound). On x86-64 they run on AVX-512 (hash and SLEEF, 8 lanes) or AVX2 (SLEEF, 4 lanes)
+// per torch's CPU capability, and the lerp row loop is compiled for FMA; DVG_CPP_SIMD=0 forces the
+// portable paths (libm), which the tests also check.
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -160,8 +168,15 @@ using NoiseRowFn = void (*)(uint64_t, const uint64_t*, int64_t, float*);
 
 // Follows torch's own CPU capability (ATEN_CPU_CAPABILITY), so the vector width matches the one the
 // reference's torch.log / torch.cos use.
+// DVG_CPP_SIMD=0 forces the portable paths (how the tests cover them on a machine with AVX).
+bool simd_allowed() {
+  const char* value = std::getenv("DVG_CPP_SIMD");
+  return value == nullptr || std::string(value) != "0";
+}
+
 NoiseRowFn select_noise_row() {
 #ifdef DVG_X86_SIMD
+  if (!simd_allowed()) return noise_row_scalar;
   const std::string capability = at::get_cpu_capability();
   if (capability == "AVX512" && Sleef_logd8_u10 && Sleef_cosd8_u10 && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512dq"))
@@ -244,6 +259,51 @@ inline float lerp_like_torch(float start, float end, float weight) {
   return std::fma(small ? weight : weight - 1.0f, end - start, small ? start : end);
 }
 
+// One output row of the upsampled frame: lerp(S_l, S_r, weight) at every column. Anchor frames
+// (weight 0 or 1) read one source frame only.
+template <typename in_t>
+__attribute__((always_inline)) inline void upsample_row_body(const in_t* frame_l, const in_t* frame_r, float weight,
+                                                             const AxisTap& th, const AxisTap* taps_w, int64_t w_d,
+                                                             int64_t stride_h, int64_t stride_w, float* out) {
+  if (weight == 0.0f) {
+    for (int64_t w = 0; w < w_d; ++w) out[w] = area_value(frame_l, stride_h, stride_w, th, taps_w[w]);
+  } else if (weight == 1.0f) {
+    for (int64_t w = 0; w < w_d; ++w) out[w] = area_value(frame_r, stride_h, stride_w, th, taps_w[w]);
+  } else {
+    for (int64_t w = 0; w < w_d; ++w)
+      out[w] = lerp_like_torch(area_value(frame_l, stride_h, stride_w, th, taps_w[w]),
+                               area_value(frame_r, stride_h, stride_w, th, taps_w[w]), weight);
+  }
+}
+
+// Without an FMA target, std::fma is a libm call per element; compiled for FMA it is one instruction.
+template <typename in_t>
+void upsample_row_generic(const in_t* frame_l, const in_t* frame_r, float weight, const AxisTap& th,
+                          const AxisTap* taps_w, int64_t w_d, int64_t stride_h, int64_t stride_w, float* out) {
+  upsample_row_body(frame_l, frame_r, weight, th, taps_w, w_d, stride_h, stride_w, out);
+}
+
+#ifdef DVG_X86_SIMD
+template <typename in_t>
+__attribute__((target("avx2,fma"))) void upsample_row_fma(const in_t* frame_l, const in_t* frame_r, float weight,
+                                                          const AxisTap& th, const AxisTap* taps_w, int64_t w_d,
+                                                          int64_t stride_h, int64_t stride_w, float* out) {
+  upsample_row_body(frame_l, frame_r, weight, th, taps_w, w_d, stride_h, stride_w, out);
+}
+#endif
+
+template <typename in_t>
+using UpsampleRowFn = void (*)(const in_t*, const in_t*, float, const AxisTap&, const AxisTap*, int64_t, int64_t,
+                               int64_t, float*);
+
+template <typename in_t>
+UpsampleRowFn<in_t> select_upsample_row() {
+#ifdef DVG_X86_SIMD
+  if (simd_allowed() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return upsample_row_fma<in_t>;
+#endif
+  return upsample_row_generic<in_t>;
+}
+
 template <typename in_t, typename out_t>
 void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t* anchor_h,
                 const int32_t* anchor_w, const int64_t* coord_t, const int64_t* coord_h, const int64_t* coord_w,
@@ -278,6 +338,7 @@ void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t*
   // Parallel over (c, t) planes with the samples inner: the noise of a plane depends on the seed, not on
   // the sample, so samples sharing a seed (the reference's 12345 for every sample) reuse one field.
   const NoiseRowFn fill_noise_row = noise_row();
+  const UpsampleRowFn<in_t> upsample_row = select_upsample_row<in_t>();
   const int64_t n_planes = channels * t_d;
   at::parallel_for(0, n_planes, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> plane_values(smoothing ? h_d * w_d : 0);
@@ -297,17 +358,10 @@ void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t*
         }
         const in_t* frame_l = x + b * sx_b + c * sx_c + lt.left * sx_t;
         const in_t* frame_r = x + b * sx_b + c * sx_c + lt.right * sx_t;
-        // anchor frames (weight 0 or 1) read one source frame only
-        auto upsampled = [&](int64_t h, int64_t w) -> float {
-          const AxisTap& th = taps_h[h];
-          const AxisTap& tw = taps_w[w];
-          const float start = lt.weight < 1.0f ? area_value(frame_l, sx_h, sx_w, th, tw) : 0.0f;
-          const float end_v = lt.weight > 0.0f ? area_value(frame_r, sx_h, sx_w, th, tw) : 0.0f;
-          return lerp_like_torch(start, end_v, lt.weight);
-        };
         if (smoothing) {
           for (int64_t h = 0; h < h_d; ++h)
-            for (int64_t w = 0; w < w_d; ++w) plane_values[h * w_d + w] = upsampled(h, w);
+            upsample_row(frame_l, frame_r, lt.weight, taps_h[h], taps_w.data(), w_d, sx_h, sx_w,
+                         plane_values.data() + h * w_d);
         }
         for (int64_t h = 0; h < h_d; ++h) {
           if (smoothing) {
@@ -332,7 +386,7 @@ void run_kernel(const torch::Tensor& x0, const int32_t* anchor_t, const int32_t*
               row_values[w] = plane_values[h * w_d + w] * smooth_keep + pooled * smooth_mix;
             }
           } else {
-            for (int64_t w = 0; w < w_d; ++w) row_values[w] = upsampled(h, w);
+            upsample_row(frame_l, frame_r, lt.weight, taps_h[h], taps_w.data(), w_d, sx_h, sx_w, row_values.data());
           }
           const float* noise = plane_noise.data() + h * w_d;
           if (tokens) {

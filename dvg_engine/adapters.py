@@ -12,10 +12,8 @@ without any read in the step loop).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from . import _checks
@@ -147,6 +145,12 @@ class Adapter:
     def post_step(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices=None) -> torch.Tensor:
         """Latents after an Euler step or a transition (token_replace pins frame 0 to the image)."""
         return latents
+
+    def timestep_dtype(self, prep: Prepared) -> torch.dtype:
+        """dtype of the timestep the transformer receives. The HunyuanVideo pipelines keep float32 latents and
+        pass float32 timesteps; the DVG transitions' cast of the latents to the model dtype (quirk Q14) must not
+        round the timestep of the following step."""
+        return torch.float32
 
     def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
         """The transformer's `hidden_states` for `latents` (B, C, T, H, W) at a stage with nested `stage_axes`."""
@@ -394,6 +398,10 @@ class HunyuanVideo15Adapter(Adapter):
 
     def latent_channels(self) -> int:
         return int(self.pipe.num_channels_latents)
+
+    def timestep_dtype(self, prep: Prepared) -> torch.dtype:
+        # the HunyuanVideo-1.5 pipelines keep latents in the transformer dtype and cast the timestep to it
+        return prep.dtype
 
     def _encode(self, args, device, batch, negative: bool):
         pipe = self.pipe

@@ -537,7 +537,7 @@ def _cmd_generate(args) -> int:
         result["speedup"] = result["time_s"]["baseline"] / seconds
     if args.plot and report and report.get("samples"):
         from .plots import plot_plan
-        result["plot"] = plot_plan([s["plan"] for s in report["samples"]], args.plot,
+        result["plot"] = plot_plan(report["samples"], args.plot,
                                    labels=[f"video {i}" for i in range(len(report["samples"]))])
     print(format_generate_summary(result))
     _finish_generate(args, result)

@@ -164,8 +164,8 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
             "token_steps": sample["token_steps"], "full_token_steps": sample["full_token_steps"],
             "token_step_ratio": sample["token_step_ratio"], "attention_flop_ratio": sample["attention_flop_ratio"],
         })
-    outputs["plan"] = plot_plan([s["plan"] for s in engine_report["samples"]], out / "plan.png",
-                                labels=[f"video {i}: {p[:48]}" for i, p in enumerate(prompts)],
+    outputs["plan"] = plot_plan(engine_report["samples"], out / "plan.png",
+                                labels=[f"video {i}: {_shorten(p, 48)}" for i, p in enumerate(prompts)],
                                 title=f"DVG plans (budget {budget}, {steps} steps, {width}x{height}x{frames})")
     report = {
         "schema": "dvg-demo/1",
@@ -228,6 +228,10 @@ def format_table(report: Dict[str, Any]) -> str:
     lines.append(f"{'speedup':10}{report['speedup']['wall']:>19.2f}x{report['speedup']['transformer']:>13.2f}x"
                  f"{b['cpu'] / max(d['cpu'], 1e-12):>11.2f}x")
     return "\n".join(lines)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _num(value) -> str:

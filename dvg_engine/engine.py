@@ -1,26 +1,36 @@
 """`compile_pipeline`: DVG sampling for the diffusers HunyuanVideo / HunyuanVideo-1.5 pipelines.
 
     pipe = compile_pipeline(pipe, budget=0.5)   # the same object; pipe(...) now runs DVG
-    pipe.dvg.last_report                         # what DVG did (schema `REPORT_SCHEMA_VERSION`)
+    pipe.dvg.last_report                         # what DVG did (JSON; schema `REPORT_SCHEMA_VERSION`)
     pipe.dvg.restore()                           # exact undo
 
 How it attaches (no global monkey-patching):
 
 * the pipeline instance's class is swapped for a per-class subclass whose `__call__` has the original's
   signature (``functools.wraps``) and runs the engine's denoising loop; `restore()` puts the original
-  class back on the instance;
+  class back on the instance. The subclass keeps the class name, so `save_pretrained` is unchanged;
 * the transformer's joint-attention processors are wrapped per instance with
   `transformer.set_attn_processor` (`dvg_engine.processors`); the token refiner keeps its own. Outside
   a DVG call the wrappers call the originals, so a transformer shared via `from_pipe` is unaffected;
-  `restore()` puts the very same original processor objects back.
+  `restore()` puts the very same original processor objects back;
+* during a call only: the transformer's RoPE module is wrapped by a per-shape cache, and with
+  `compile_blocks=True` its blocks run through `torch.compile` (one graph per stage shape).
 
 The denoising loop (dvg-spec.md §12): prompts are encoded and stage-0 noise drawn with the pipeline's
 own methods (the noise at the stage-0 shape, from the user's generator); each step runs the model on the
 current stage's latents; at a transition step x̂0 is formed, at the first transition the demands are
-read (the one device→host value read per generation) and each sample (plan_scope="sample") or the batch
+read (the one device→host value read of the loop) and each sample (plan_scope="sample") or the batch
 ("batch") is planned, the schedule is re-shifted (`sampling.StageSchedule`), and x̂0 is resampled to
-the next stage and re-noised with the coordinate-bound noise. Samples whose plans differ are kept in
-per-plan groups; each group's forward runs through the packed varlen attention.
+the next stage and re-noised in one fused op (`torch.ops.dvg.resample_renoise`). Diffusers' cache hooks
+are reset at every transition (their residuals belong to the previous grid).
+
+Attention always runs through the packed varlen path (`torch.ops.dvg.varlen_attention`), skipping text
+padding and masked tokens. Samples whose plans coincide share one batched transformer forward. Samples
+whose stage shapes differ run, per condition, in *one* packed forward for the whole batch
+(`processors.PackedHunyuanVideoForward` / `PackedHunyuanVideo15Forward`: per-sample AdaLN modulation per
+segment through `torch.ops.dvg.modulated_layer_norm`, one varlen attention call per layer) — except with
+cache/offload hooks, token_replace conditioning or `attention_kwargs`, where each plan group runs the
+transformer's own forward instead.
 
 `callback_on_step_end` (HunyuanVideo pipelines) receives `latents` at the *current stage's* shape, so
 its shape changes at the transition steps; when the samples of a batch follow different plans it
@@ -28,16 +38,16 @@ receives a list of per-sample tensors ``(1, C, T_b, H_b, W_b)`` instead of one t
 return replacement latents of the same shape(s).
 
 Host reads per generation: the text-mask lengths once at prompt encoding (to validate the prefix masks
-and size the packed attention), the demands once at planning. The step loop itself reads nothing
-back (the HunyuanVideo-1.5 transformer's own forward does a few reads of its own: its T2V/I2V switch
-and the boolean-mask gathers of its text reordering).
+and size the packed attention), the demands once at planning, and a device sync at each stage boundary
+for the per-stage timings. The steps themselves read nothing back (the HunyuanVideo-1.5 transformer's
+own forward does a few reads of its own: its T2V/I2V switch and the boolean-mask gathers of its text
+reordering; the packed forward avoids them).
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import time
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -269,7 +279,6 @@ class _Generation:
         self.args.pop(next(iter(inspect.signature(original_call).parameters)))  # self
         self.layouts: Dict[Any, processors.PackedAttention] = {}
         self.transition_cache: Dict[Any, Dict[str, torch.Tensor]] = {}
-        self.timings: Dict[str, float] = {}
         self.forward_shapes: List[Tuple[int, ...]] = []
 
     # ---- entry ----
@@ -307,13 +316,14 @@ class _Generation:
         prep = self.prep
         transformer = self.pipe.transformer
         hidden = self.adapter.model_input(prep, group_latents, axes, indices)
-        timestep = timestep_value.expand(group_latents.shape[0]).to(group_latents.dtype)
+        timestep = timestep_value.expand(group_latents.shape[0]).to(self.adapter.timestep_dtype(prep))
         shape = tuple(group_latents.shape[2:])
 
         extra = {}
         if getattr(transformer.config, "use_meanflow", False):
             # MeanFlow checkpoints take the next timestep of the array the loop iterates as "r" (0 at the end)
-            extra["timestep_r"] = self._timestep_r(step).expand(group_latents.shape[0]).to(group_latents.dtype)
+            extra["timestep_r"] = self._timestep_r(step).expand(group_latents.shape[0]).to(
+                self.adapter.timestep_dtype(prep))
 
         def run_condition(condition, cache_name):
             condition = condition.select(indices)
@@ -356,10 +366,10 @@ class _Generation:
                 where[b] = hidden[j:j + 1]
         order = list(range(prep.batch))
         hidden_list = [where[b] for b in order]
-        timestep = t.expand(prep.batch).to(groups[0].latents.dtype)
+        timestep = t.expand(prep.batch).to(self.adapter.timestep_dtype(prep))
         extra = {}
         if getattr(self.pipe.transformer.config, "use_meanflow", False):
-            extra["timestep_r"] = self._timestep_r(step).expand(prep.batch).to(groups[0].latents.dtype)
+            extra["timestep_r"] = self._timestep_r(step).expand(prep.batch).to(self.adapter.timestep_dtype(prep))
 
         def run_packed(condition, cache_name=None):
             kwargs = {k: v for k, v in condition.kwargs.items() if k not in ("attention_kwargs", "return_dict")}
@@ -376,7 +386,13 @@ class _Generation:
         return [torch.cat([per_sample[b] for b in g.indices], dim=0) for g in groups]
 
     def _packed_forward(self):
-        """The per-sample packed forward for this transformer, or None where the per-group path must run."""
+        """The per-sample packed forward for this transformer, or None where the per-group path must run
+        (decided once per generation)."""
+        if not hasattr(self, "_packed"):
+            self._packed = self._make_packed_forward()
+        return self._packed
+
+    def _make_packed_forward(self):
         transformer = self.pipe.transformer
         if getattr(transformer.config, "image_condition_type", None) == "token_replace":
             return None  # frame 0's own modulation is not implemented in the packed forward
@@ -386,12 +402,9 @@ class _Generation:
             # Cache hooks (diffusers) and offload hooks (accelerate) wrap the modules' own forward methods,
             # which the packed forward bypasses: keep the per-group path, which calls them.
             return None
-        if getattr(self, "_packed", None) is None:
-            if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
-                self._packed = processors.PackedHunyuanVideo15Forward(transformer, self.state)
-            else:
-                self._packed = processors.PackedHunyuanVideoForward(transformer, self.state)
-        return self._packed
+        if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
+            return processors.PackedHunyuanVideo15Forward(transformer, self.state)
+        return processors.PackedHunyuanVideoForward(transformer, self.state)
 
     # ---- enabled=False: full resolution, our attention path ----
     def _run_full(self):
@@ -523,8 +536,8 @@ class _Generation:
         budget = planner.check_budget(grid, num_steps, config.budget, budget_accounting=config.budget_accounting,
                                       budget_fallback=config.budget_fallback)
         initial = planner.initial_plan(grid, num_steps, budget, budget_accounting=config.budget_accounting)
-        schedule = self.schedule = sampling.StageSchedule(num_steps, adapter.model, adapter.stage0_shift(), config.stage_shifts,
-                                          hv15_timesteps=config.hv15_timesteps)
+        schedule = self.schedule = sampling.StageSchedule(num_steps, adapter.model, adapter.stage0_shift(),
+                                                          config.stage_shifts, hv15_timesteps=config.hv15_timesteps)
         stage0_shape = tuple(initial.stage_shapes[0])
         latents = adapter.prepare_noise(prep, stage0_shape, prep.generator, prep.latents, initial.stage_axes[0])
         if tuple(latents.shape[2:]) != stage0_shape:
@@ -535,16 +548,17 @@ class _Generation:
         stage_times = [0.0, 0.0, 0.0, 0.0]
         transition_time = 0.0
         calls = [0, 0, 0, 0]
+        # Stage times are taken between device syncs at the stage boundaries (the three transitions and the
+        # end), so on CUDA they include the queued kernels; the steps in between never sync.
         sync = prep.device.type == "cuda"
         demands: List[Optional[Dict[str, float]]] = [None] * prep.batch
-        loop_start = time.perf_counter()
+        loop_start = stage_start = time.perf_counter()
         with pipe.progress_bar(total=num_steps) as bar:
             bar.set_postfix_str(self._stage_text(0, groups))
             for i in range(num_steps):
                 if pipe.interrupt:
                     continue
                 stage = schedule.stage
-                step_start = time.perf_counter()
                 t = torch.tensor(schedule.model_timestep(i), dtype=torch.float32, device=prep.device)
                 pipe._current_timestep = t
                 velocities = self._velocities(groups, stage, t, i)
@@ -553,7 +567,7 @@ class _Generation:
                     if sync:
                         torch.cuda.synchronize(prep.device)
                     mid = time.perf_counter()
-                    stage_times[stage] += mid - step_start
+                    stage_times[stage] += mid - stage_start
                     sigma_x0 = schedule.x0_sigma(i)
                     x0s = [sampling.x0_from_velocity(g.latents, v, sigma_x0) for g, v in zip(groups, velocities)]
                     if stage == 0:
@@ -575,18 +589,20 @@ class _Generation:
                     groups = new_groups
                     if sync:
                         torch.cuda.synchronize(prep.device)
-                    transition_time += time.perf_counter() - mid
+                    stage_start = time.perf_counter()
+                    transition_time += stage_start - mid
                     bar.set_postfix_str(self._stage_text(schedule.stage, groups))
                 else:
                     for g, v in zip(groups, velocities):
                         g.latents = adapter.post_step(prep, schedule.euler_step(g.latents, v, i),
                                                       g.plan.stage_axes[stage], g.indices)
-                    stage_times[stage] += time.perf_counter() - step_start
                 groups = self._callback(i, t, groups)
                 bar.update()
         if sync:
             torch.cuda.synchronize(prep.device)
-        loop_time = time.perf_counter() - loop_start
+        end = time.perf_counter()
+        stage_times[schedule.stage] += end - stage_start
+        loop_time = end - loop_start
         pipe._current_timestep = None
         video = self._decode(groups)
         pipe.maybe_free_model_hooks()

@@ -17,14 +17,18 @@ STAGE_COLOURS = ("#4C72B0", "#55A868", "#DD8452", "#C44E52")
 
 
 def plan_as_dict(plan: Any) -> dict:
-    """A `dvg_engine.planner.Plan`, its `to_dict()`, or a report sample holding one under "plan",
+    """A `dvg_engine.planner.Plan`, its `to_dict()`, or a report sample holding one under "plan" (and its
+    demands under "demands"),
     as a plain dict with at least `token_shapes` (4×[t, h, w]) and `executed_model_calls` (4 ints)."""
     if hasattr(plan, "to_dict") and not isinstance(plan, Mapping):
         plan = plan.to_dict()
     if not isinstance(plan, Mapping):
         raise TypeError(f"plan={plan!r:.80} is invalid; allowed: a planner Plan or its to_dict() dict")
     if "token_shapes" not in plan and isinstance(plan.get("plan"), Mapping):
-        plan = plan["plan"]
+        # A report sample: samples that share stage shapes may share one plan dict, so the sample's own
+        # measured demands take precedence over the ones stored in the plan.
+        demands = plan.get("demands") if isinstance(plan.get("demands"), Mapping) else {}
+        plan = dict(plan["plan"], **{k: v for k, v in demands.items() if v is not None})
     missing = [key for key in ("token_shapes", "executed_model_calls") if key not in plan]
     if missing:
         raise ValueError(f"plan dict is missing {missing}; allowed: a dict from Plan.to_dict() "

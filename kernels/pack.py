@@ -19,7 +19,8 @@ the tile `x (BLOCK_T, HEAD_DIM)` is loaded coalesced, and its pair partner `x[d 
 the same (cached) lines, so `out = x·cos + (±x[d ^ 1])·sin` with − on even channels.
 
 Unpack: one program per block of output rows over a virtual index space: the `total_latent` latent rows
-followed by the `B·text_len` padded text rows; text rows past a sample's valid text get zeros.
+followed by the `B·text_len` padded text rows (text rows past a sample's valid text get zeros), or by the
+`total_text` rows of the text stream (TEXT_STREAM).
 
 All offsets are int64 (a 720p step has >100k tokens × 3072 channels).
 """

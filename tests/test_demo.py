@@ -11,7 +11,7 @@ from dvg_engine import tiny
 from dvg_engine.plots import plot_plan, tokens_per_step
 from dvg_engine.video import compare_grid, tile_videos, to_uint8_frames, write_compare, write_video
 
-SMALL = dict(height=128, width=128, frames=17, steps=8)
+SMALL = dict(height=64, width=96, frames=17, steps=6)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,6 +194,15 @@ def test_tokens_per_step_matches_plan_bookkeeping():
         assert tokens_per_step({"plan": plan.to_dict()}) == steps  # a report sample
 
 
+def test_report_sample_demands_override_shared_plan_dict():
+    from dvg_engine.plots import plan_as_dict
+    plan = _plans()[0].to_dict()
+    sample = {"plan": plan, "demands": {"spatial_demand": 0.123, "temporal_demand": 0.456}}
+    merged = plan_as_dict(sample)
+    assert (merged["spatial_demand"], merged["temporal_demand"]) == (0.123, 0.456)
+    assert plan["spatial_demand"] == 0.3  # the shared plan dict itself is not modified
+
+
 def test_plot_plan_writes_png(tmp_path):
     plans = _plans()
     assert plans[0].s2 != plans[1].s2  # two different splits on one figure
@@ -227,7 +236,7 @@ def test_run_demo_small_writes_every_output(tmp_path, capsys):
     for i, sample in enumerate(saved["samples"]):
         assert sample["seed"] == 3 + i
         assert 0 < sample["token_step_ratio"] < 1 and 0 < sample["attention_flop_ratio"] < 1
-        assert sample["stage_shapes"][-1] == [5, 16, 16]  # the full latent grid of 128x128x17
+        assert sample["stage_shapes"][-1] == [5, 8, 12]  # the full latent grid of 64x96x17
         assert sample["chosen"]["s2"] is not None
     for run in ("baseline", "dvg"):
         assert saved["time_s"][run]["wall"] > 0 and saved["time_s"][run]["transformer"] > 0

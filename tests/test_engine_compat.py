@@ -2,6 +2,7 @@
 save_pretrained/from_pretrained round trip, bounded memory over repeated calls, the progress bar, and the
 GPU/optional-package paths (torch.compile of the blocks, model CPU offload, LoRA) that skip without them."""
 import gc
+import json
 import os
 
 import pytest
@@ -69,6 +70,28 @@ def test_first_block_cache_with_per_sample_plans(fresh_hv):
     assert shapes[0] != shapes[1] and torch.isfinite(out).all()
 
 
+def test_taylorseer_cache_runs_across_stage_changes(fresh_hv):
+    from diffusers import TaylorSeerCacheConfig
+    pipe = fresh_hv
+    # predictions start after step 3 (the first transition) and are refreshed every 2 steps: without the reset
+    # at each transition, a Taylor prediction made on one stage's grid would be applied to the next one
+    pipe.transformer.enable_cache(TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1,
+                                                        taylor_factors_dtype=torch.float32))
+    compile_pipeline(pipe, budget=0.5)
+    out = pipe(**tp.hv_prompt(1), generator=gens(1), **GEOM).frames
+    assert out.shape == (1, 4, 9, 16, 24) and torch.isfinite(out).all()
+
+
+def test_diffusers_version_is_checked(monkeypatch):
+    import diffusers
+    from dvg_engine import engine
+    monkeypatch.setattr(diffusers, "__version__", "0.31.0")
+    with pytest.raises(ImportError, match=r"supports diffusers >=0\.35,<0\.43.*found diffusers 0\.31\.0"):
+        engine._check_diffusers_version()
+    monkeypatch.setattr(diffusers, "__version__", "0.42.1")
+    assert engine._check_diffusers_version() == "0.42.1"
+
+
 def test_plan_scope_batch_pools_demands_into_one_plan(fresh_hv):
     pipe = compile_pipeline(fresh_hv, budget=0.5, plan_scope="batch")
     pipe(**tp.hv_prompt(2), generator=gens(2, seed=5), **GEOM)
@@ -114,6 +137,8 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path):
     compile_pipeline(pipe, budget=0.5)
     out = pipe(**tp.hv_prompt(1), generator=gens(1), **GEOM).frames
     assert out.shape == ref.shape == (1, 4, 9, 16, 24)
+    pipe.save_pretrained(tmp_path / "compiled")  # a compiled pipeline saves as its own class
+    assert json.loads((tmp_path / "compiled" / "model_index.json").read_text())["_class_name"] == "HunyuanVideoPipeline"
     pipe.dvg.restore()
     assert torch.equal(pipe(**tp.hv_prompt(1), generator=gens(1), **dict(GEOM, num_inference_steps=2)).frames, ref)
 

@@ -69,7 +69,11 @@ def test_reference_matches_per_sample_diffusers_modulation():
     x, cu, scale, shift = make_inputs(SEGMENTS["awkward"], 96, torch.float32)
     expected = diffusers_style(x, cu, scale, shift)
     assert_pointwise_close(LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=True), expected)
-    assert torch.equal(LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False), expected)
+    same_dtype = LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False)
+    if DEVICE.type == "cpu":  # the same ops on the same rows: bit-identical to diffusers' arithmetic
+        assert torch.equal(same_dtype, expected)
+    else:
+        assert_pointwise_close(same_dtype, expected)
 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)

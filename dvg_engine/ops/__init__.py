@@ -15,13 +15,14 @@ Backends: `torch` (reference, always), `triton` (CUDA; CPU under TRITON_INTERPRE
 from ._registry import BACKENDS, CALL_COUNTS, cpp_available, reset_call_counts, triton_importable, use_backend
 from .attention import cu_seqlens_from_lengths, varlen_attention, varlen_attention_ref
 from .layer_norm import modulated_layer_norm, modulated_layer_norm_reference
-from .pack import pack_qk_rope, pack_tokens, pack_tokens_reference, packed_layout, unpack_tokens, unpack_tokens_reference
+from .pack import (pack_qk_rope, pack_tokens, pack_tokens_reference, packed_layout, rope_inv_freq, unpack_tokens,
+                   unpack_tokens_reference)
 from .resample import resample_renoise, resample_renoise_packed, resample_renoise_ref
 
 __all__ = [
     "BACKENDS", "CALL_COUNTS", "cpp_available", "reset_call_counts", "triton_importable", "use_backend",
     "varlen_attention", "varlen_attention_ref", "cu_seqlens_from_lengths",
-    "pack_tokens", "unpack_tokens", "pack_qk_rope", "pack_tokens_reference", "unpack_tokens_reference", "packed_layout",
+    "pack_tokens", "unpack_tokens", "pack_qk_rope", "pack_tokens_reference", "unpack_tokens_reference", "packed_layout", "rope_inv_freq",
     "resample_renoise", "resample_renoise_packed", "resample_renoise_ref",
     "modulated_layer_norm", "modulated_layer_norm_reference",
 ]
