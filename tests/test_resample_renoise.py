@@ -70,6 +70,7 @@ BITWISE_ON_CPU = _lerp_is_fused()
 def _assert_matches_reference(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
     assert actual.dtype == expected.dtype and actual.shape == expected.shape, \
         f"{name}: {actual.dtype}{tuple(actual.shape)} vs reference {expected.dtype}{tuple(expected.shape)}"
+    assert actual.device == expected.device, f"{name}: compare on one device ({actual.device} vs {expected.device})"
     if actual.device.type == "cpu" and BITWISE_ON_CPU:
         diff = actual.double() - expected.double()
         assert torch.equal(actual, expected), (
@@ -381,7 +382,7 @@ def test_canary_inputs_and_poisoned_output(backend, layout):
     assert bool(torch.isnan(canary[:32]).all()) and bool(torch.isnan(canary[32 + total:]).all()), \
         "the kernel wrote outside its output"
     assert bool(torch.isfinite(out).all()), "the kernel left poisoned output elements or read a NaN canary"
-    _assert_matches_reference(out.cpu(), expected.cpu(), f"{backend} canary {layout}")
+    _assert_matches_reference(out, expected, f"{backend} canary {layout}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ def test_packed_matches_per_sample_tokens(backend):
                                                torch.tensor(seeds, device=device), 0.6, smoothing=1, patch=patches)
     lengths = [e.shape[0] for e in expected]
     assert cu.dtype == torch.int32 and cu.tolist() == [0] + list(np.cumsum(lengths))
-    _assert_matches_reference(tokens.cpu(), torch.cat(expected).cpu(), f"{backend} packed")
+    _assert_matches_reference(tokens, torch.cat(expected), f"{backend} packed")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -543,10 +544,14 @@ def test_opcheck(backend):
 def test_torch_compile_fullgraph():
     x0, tensors, seeds = _inputs("hv_like_0to1", device=torch.device("cpu"))
 
+    keys = ("anchor_t", "anchor_h", "anchor_w", "coord_t", "coord_h", "coord_w")
+
     def step(x):
         up = R.resample_renoise(x * 2.0, **tensors, seeds=seeds, sigma=0.5, smoothing=1)
         tokens = R.resample_renoise(x, **tensors, seeds=seeds, sigma=0.5, layout="tokens", patch=(1, 2, 2))
-        return up.sum() + tokens.sum()
+        packed, _ = R.resample_renoise_packed([x[:1], x[1:] + 1.0], *[[tensors[k]] * 2 for k in keys], seeds, 0.5,
+                                              patch=(1, 2, 2))
+        return up.sum() + tokens.sum() + packed.sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x0), step(x0))

@@ -17,12 +17,12 @@ from .attention import cu_seqlens_from_lengths, varlen_attention, varlen_attenti
 from .layer_norm import modulated_layer_norm, modulated_layer_norm_reference
 from .pack import (pack_qk_rope, pack_tokens, pack_tokens_reference, packed_layout, rope_inv_freq, unpack_tokens,
                    unpack_tokens_reference)
-from .resample import resample_renoise, resample_renoise_packed, resample_renoise_ref
+from .resample import resample_renoise, resample_renoise_packed, resample_renoise_ref, tokens_from_bcthw, transition_tensors
 
 __all__ = [
     "BACKENDS", "CALL_COUNTS", "cpp_available", "reset_call_counts", "triton_importable", "use_backend",
     "varlen_attention", "varlen_attention_ref", "cu_seqlens_from_lengths",
     "pack_tokens", "unpack_tokens", "pack_qk_rope", "pack_tokens_reference", "unpack_tokens_reference", "packed_layout", "rope_inv_freq",
-    "resample_renoise", "resample_renoise_packed", "resample_renoise_ref",
+    "resample_renoise", "resample_renoise_packed", "resample_renoise_ref", "tokens_from_bcthw", "transition_tensors",
     "modulated_layer_norm", "modulated_layer_norm_reference",
 ]
