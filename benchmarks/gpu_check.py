@@ -25,8 +25,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNEL_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test_modulated_layer_norm.py",
-                "tests/test_resample_renoise.py"]
+# The op tests run their Triton cases on CUDA (bf16 included) when DVG_TEST_GPU=1 and a GPU is present;
+# the sampling/demand tests add their CUDA-vs-CPU checks.
+GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test_modulated_layer_norm.py",
+             "tests/test_resample_renoise.py", "tests/test_sampling.py", "tests/test_parity_sampling.py",
+             "tests/test_demands.py", "tests/test_parity_demands.py"]
 BENCHES = ["bench_attention", "bench_pack_ln", "bench_resample", "bench_e2e"]
 
 
@@ -80,7 +83,7 @@ def missing(env: dict) -> list:
 def run_tests(extra: list) -> int:
     env = dict(os.environ, DVG_TEST_GPU="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     env.pop("TRITON_INTERPRET", None)
-    files = [f for f in KERNEL_TESTS if os.path.exists(os.path.join(ROOT, f))]
+    files = [f for f in GPU_TESTS if os.path.exists(os.path.join(ROOT, f))]
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files, *extra]
     print("gpu-check: " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
@@ -96,10 +99,12 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
 
 
-def run_benchmarks(quick: bool) -> list:
+def run_benchmarks(quick: bool, partial_json=None, only=None) -> list:
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     sections = [{"bench": "device_copy", "rows": [{"what": "torch copy_ bf16 512 MiB", "GB/s": round(copy_bandwidth(), 1)}]}]
     for name in BENCHES:
+        if only and name not in only:
+            continue
         if not os.path.exists(os.path.join(ROOT, "benchmarks", name + ".py")):
             sections.append({"bench": name, "error": "benchmark module not present"})
             continue
@@ -111,6 +116,9 @@ def run_benchmarks(quick: bool) -> list:
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
             sections.append({"bench": name, "error": f"{type(exc).__name__}: {exc}"})
         print(f"gpu-check: {name}: {json.dumps(sections[-1], default=str)[:2000]}", flush=True)
+        if partial_json:  # a run cut short by a time limit still leaves what it measured
+            with open(partial_json, "w", encoding="utf-8") as fh:
+                json.dump(sections, fh, indent=1, default=str)
     return sections
 
 
@@ -153,6 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the raw results as JSON here")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--only", nargs="*", help=f"benchmarks to run (default all: {' '.join(BENCHES)})")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     args = parser.parse_args(argv)
     if args.wheels:
@@ -173,7 +182,7 @@ def main(argv=None) -> int:
     if env["triton"] is None:
         return 1
     test_rc = None if args.skip_tests else run_tests(args.pytest_args)
-    sections = [] if args.skip_bench else run_benchmarks(args.quick)
+    sections = [] if args.skip_bench else run_benchmarks(args.quick, args.json, args.only)
     text = markdown(env, sections, test_rc)
     print(text)
     if not args.skip_bench:

@@ -222,3 +222,20 @@ def test_i2v_enabled_false_matches_uncompiled(variant):
     compile_pipeline(pipe, enabled=False)
     out = pipe(**args, generator=gen()).frames
     assert_verbose_allclose(out, ref, atol=ATTN_ATOL, rtol=1e-4, name=f"{variant} enabled=False vs uncompiled")
+
+
+def test_hv_i2v_per_sample_packed_matches_single_runs():
+    pipe = tp.hv_i2v_pipe("latent_concat")
+    pipe.set_progress_bar_config(disable=True)
+    demands = [{"spatial_demand": 1.0, "temporal_demand": 0.0}, {"spatial_demand": 0.0, "temporal_demand": 1.0}]
+    prompt = tp.hv_prompt(2)
+    args = dict(image=tp.test_image(), height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES,
+                num_inference_steps=STEPS, output_type="latent")
+    compile_pipeline(pipe, budget=0.5, plan=demands)
+    both = pipe(**prompt, **args, generator=[gen(0), gen(1)]).frames
+    shapes = [s["stage_shapes"] for s in pipe.dvg.last_report["samples"]]
+    assert shapes[0] != shapes[1]
+    for b in range(2):
+        compile_pipeline(pipe, plan=[demands[b]])
+        alone = pipe(**{k: v[b:b + 1] for k, v in prompt.items()}, **args, generator=[gen(b)]).frames
+        assert_verbose_allclose(both[b:b + 1], alone, atol=ATTN_ATOL, rtol=1e-4, name=f"HV I2V sample {b}")
