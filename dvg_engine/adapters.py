@@ -330,8 +330,11 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
         image = pipe.video_processor.preprocess(args["image"], prep.height, prep.width).to(prep.device, pipe.vae.dtype)
         image = image.unsqueeze(2)
         generator = prep.generator
-        # As the pipeline's prepare_latents: one encode per sample (argmax: the generator is not consumed)
-        if isinstance(generator, list):
+        # As the pipeline's prepare_latents: one encode per sample (argmax: the generator is not consumed). One
+        # image for a batch is encoded once (the pipeline would index it per sample and fail with generator lists).
+        if image.shape[0] == 1 and prep.batch > 1:
+            latents = [retrieve_latents(pipe.vae.encode(image), None, "argmax")]
+        elif isinstance(generator, list):
             latents = [retrieve_latents(pipe.vae.encode(image[i].unsqueeze(0)), generator[i], "argmax")
                        for i in range(prep.batch)]
         else:

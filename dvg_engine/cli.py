@@ -160,6 +160,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the pipeline's)")
     p.add_argument("--budget", type=_budget, default=0.5, help="token-step density budget in (0, 1] "
                                                                "(default %(default)s)")
+    p.add_argument("--budget-fallback", choices=("error", "nearest"), default=None,
+                   help="an infeasible budget: fail (default, stating the feasible budgets) or plan with the "
+                        "nearest feasible one")
     p.add_argument("--seed", type=_seed, default=0, help="seed; video i uses a generator seeded seed+i (default 0)")
     p.add_argument("--guidance-scale", type=_non_negative, help="guidance scale (HunyuanVideo: embedded guidance; "
                                                                 "HunyuanVideo-1.5: CFG scale); default: the pipeline's")
@@ -426,6 +429,10 @@ def _videos(frames) -> list:
 
 def _cmd_generate(args) -> int:
     options = _parse_options(args.option)
+    if args.budget_fallback is not None:
+        if options.get("budget_fallback", args.budget_fallback) != args.budget_fallback:
+            raise UsageError("argument --budget-fallback: conflicts with --option budget_fallback=...")
+        options["budget_fallback"] = args.budget_fallback
     if args.no_dvg and (args.baseline or args.plan or options):
         raise UsageError("argument --no-dvg: cannot be combined with --baseline, --plan or --option")
     plan = _plan_from_file(_load_json(args.plan, "--plan")) if args.plan else None
@@ -451,6 +458,8 @@ def _cmd_generate(args) -> int:
 
     import torch
     progress = not args.no_progress
+    if not args.debug:
+        _quiet_library_logs()
     _status(f"loading {args.model} ({dtype}, {device}) ...")
     if embedded:
         from . import tiny
@@ -460,10 +469,13 @@ def _cmd_generate(args) -> int:
         import warnings
         from diffusers import DiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
-        if not args.debug:
-            diffusers_logging.set_verbosity_error()  # e.g. the accelerate advice: not ours to print
         if not progress:
             diffusers_logging.disable_progress_bar()
+            try:
+                from transformers.utils import logging as transformers_logging
+                transformers_logging.disable_progress_bar()
+            except ImportError:
+                pass
         try:
             with warnings.catch_warnings():
                 # diffusers 0.42 renames torch_dtype to dtype; the old name works across the supported range.
@@ -544,6 +556,18 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _quiet_library_logs() -> None:
+    """Library advice (install accelerate, guiders are experimental, ...) is not the CLI's output; errors
+    still show. --debug keeps everything."""
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_error()
+    try:
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def _check_image_flag(class_name: str, image: Optional[str]) -> None:
     i2v = "ImageToVideo" in class_name
     if i2v and image is None:
@@ -577,6 +601,9 @@ def _finish_generate(args, result: Dict[str, Any]) -> None:
 def format_generate_summary(result: Dict[str, Any]) -> str:
     lines = [f"DVG {result['pipeline']}: {', '.join(result.get('videos', []))}  ({result['time_s']['dvg']:.2f} s)"]
     report = result.get("dvg_report") or {}
+    if report.get("budget_used") is not None and report.get("budget_used") != report.get("budget"):
+        lines.append(f"  budget {report.get('budget')} is infeasible here: planned with the nearest feasible budget "
+                     f"{report['budget_used']:.6g}")
     for i, sample in enumerate(report.get("samples") or []):
         if not sample:
             continue
@@ -657,14 +684,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the CLI contract: one line naming the cause, traceback only with --debug
+    except ValueError as exc:
+        if type(exc).__name__ != "InfeasibleBudgetError":
+            return _runtime_failure(prog, exc, args.debug)
+        # Found only once the pipeline told us its default geometry: still a bad --budget value.
         if args.debug:
             traceback.print_exc()
-        cause = _one_line(exc) or type(exc).__name__
-        print(f"{prog}: error: {type(exc).__name__}: {cause}" + ("" if args.debug else " (rerun with --debug for "
-                                                                                         "the traceback)"),
-              file=sys.stderr)
-        return 1
+        print(f"{prog}: error: argument --budget: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the CLI contract: one line naming the cause, traceback only with --debug
+        return _runtime_failure(prog, exc, args.debug)
+
+
+def _runtime_failure(prog: str, exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    cause = _one_line(exc) or type(exc).__name__
+    print(f"{prog}: error: {type(exc).__name__}: {cause}" + ("" if debug else " (rerun with --debug for the traceback)"),
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -79,7 +79,6 @@ class DVGAttentionState:
 
     def __init__(self) -> None:
         self.layout: Optional[PackedAttention] = None
-        self.calls = 0  # packed attention calls, for tests and reports
 
     def activate(self, layout: Optional[PackedAttention]):
         return _Activate(self, layout)

@@ -276,14 +276,16 @@ def build_qwen_tokenizer(system: str, crop_start: int = HV15_CROP_START):
 
 def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2, attention_head_dim: int = 64,
                                   num_layers: int = 2, num_refiner_layers: int = 1, latent_channels: int = 4,
-                                  vae_channels: int = 8, image_to_video: bool = False,
+                                  vae_channels: int = 8, image_to_video: bool = False, target_size: int = 256,
                                   dtype: torch.dtype = torch.float32, guidance_scale: float = 6.0):
     """A `HunyuanVideo15Pipeline` (or `HunyuanVideo15ImageToVideoPipeline`) with random weights.
 
     Text encoders: a tiny `Qwen2_5_VLTextModel` with a locally built chat-template tokenizer, and a tiny
     `T5EncoderModel` with `ByT5Tokenizer` (byte-level: needs no vocabulary file); classifier-free
     guidance through `ClassifierFreeGuidance(guidance_scale)`. The image-to-video variant adds a tiny
-    SigLIP vision encoder. Same determinism contract as `tiny_hunyuan_video_pipeline`.
+    SigLIP vision encoder (729 image tokens, as the real one). target_size: the pixel size the pipeline
+    derives its default height/width from (image-to-video always does). Same determinism contract as
+    `tiny_hunyuan_video_pipeline`.
     """
     import diffusers
     from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
@@ -298,6 +300,7 @@ def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2
     check_int("attention_head_dim", attention_head_dim, minimum=8)
     if attention_head_dim % 2:
         raise ValueError(f"attention_head_dim={attention_head_dim} is odd; allowed: an even integer >= 8")
+    check_int("target_size", target_size, minimum=32)
     check_choice("dtype", dtype, (torch.float32, torch.float16, torch.bfloat16))
 
     # The system message is the pipeline's own (set in its __init__): build the pipeline, then its tokenizer.
@@ -320,17 +323,19 @@ def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2
             in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=num_attention_heads,
             attention_head_dim=attention_head_dim, num_layers=num_layers, num_refiner_layers=num_refiner_layers,
             mlp_ratio=4.0, patch_size=1, patch_size_t=1, text_embed_dim=text_hidden, text_embed_2_dim=byt5_hidden,
-            image_embed_dim=image_dim, rope_axes_dim=_rope_axes_dim(attention_head_dim), target_size=256,
+            image_embed_dim=image_dim, rope_axes_dim=_rope_axes_dim(attention_head_dim), target_size=target_size,
             task_type="i2v" if image_to_video else "t2v")
         vae = AutoencoderKLHunyuanVideo15(latent_channels=latent_channels, block_out_channels=(vae_channels,) * 5,
                                           layers_per_block=1)
         extra = {}
         if image_to_video:
             from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+            # 27×27 = 729 patches, the number of image tokens the real SigLIP (384 px, patch 14) gives and
+            # the pipeline and engine assume.
             extra["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
                 hidden_size=image_dim, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                image_size=32, patch_size=8))
-            extra["feature_extractor"] = SiglipImageProcessor(size={"height": 32, "width": 32})
+                image_size=54, patch_size=2))
+            extra["feature_extractor"] = SiglipImageProcessor(size={"height": 54, "width": 54})
     finally:
         torch.random.set_rng_state(rng_state)
     pipe = cls(text_encoder=text_encoder, tokenizer=None, transformer=transformer, vae=vae,
@@ -354,14 +359,18 @@ def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2
     return pipe
 
 
-TINY_BUILDERS = {"hunyuan-video": "tiny_hunyuan_video_pipeline", "hunyuan-video-1.5": "tiny_hunyuan_video15_pipeline"}
+TINY_BUILDERS = {"hunyuan-video": "tiny_hunyuan_video_pipeline", "hunyuan-video-1.5": "tiny_hunyuan_video15_pipeline",
+                 "hunyuan-video-1.5-i2v": "tiny_hunyuan_video15_pipeline"}
 
 
 def save_tiny_pipeline(path, model: str = "hunyuan-video", **kwargs) -> str:
-    """Build the tiny pipeline of `model` ("hunyuan-video" or "hunyuan-video-1.5"; kwargs go to its builder)
+    """Build the tiny pipeline of `model` ("hunyuan-video", "hunyuan-video-1.5" or "hunyuan-video-1.5-i2v";
+    kwargs go to its builder)
     and `save_pretrained` it to `path`, a folder that `DiffusionPipeline.from_pretrained(path)` and
     `dvg generate --model PATH` load offline. Returns str(path)."""
     check_choice("model", model, tuple(TINY_BUILDERS))
+    if model.endswith("-i2v"):
+        kwargs["image_to_video"] = True
     pipe = globals()[TINY_BUILDERS[model]](**kwargs)
     pipe.save_pretrained(str(path), safe_serialization=True)
     return str(path)

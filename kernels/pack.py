@@ -33,8 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
-TWO_PI = 2.0 * math.pi
-INV_TWO_PI = 1.0 / TWO_PI
+# Globals used inside @triton.jit must be constexpr (compiled Triton rejects plain globals; the
+# interpreter does not). A bare float constexpr would be materialised as fp32, so the kernel builds
+# fp64 scalars from them with tl.full(..., tl.float64).
+TWO_PI = tl.constexpr(2.0 * math.pi)
+INV_TWO_PI = tl.constexpr(1.0 / (2.0 * math.pi))
 
 
 @triton.jit
@@ -101,8 +104,10 @@ def _pack_kernel(
         angle = axis_pos.to(tl.float32) * inv_freq[None, :]
         # Range reduction in fp64 (exact enough for |angle| < 1e6): fast fp32 trig is only accurate near 0.
         angle64 = angle.to(tl.float64)
-        turns = tl.floor(angle64 * INV_TWO_PI + 0.5)
-        reduced = (angle64 - turns * TWO_PI).to(tl.float32)
+        inv_two_pi = tl.full([1, 1], INV_TWO_PI, tl.float64)
+        two_pi = tl.full([1, 1], TWO_PI, tl.float64)
+        turns = tl.floor(angle64 * inv_two_pi + 0.5)
+        reduced = (angle64 - turns * two_pi).to(tl.float32)
         cos = tl.cos(reduced)
         sin = tl.sin(reduced)
         # even channel 2i: x[2i]·cos − x[2i+1]·sin; odd channel 2i+1: x[2i+1]·cos + x[2i]·sin

@@ -2,17 +2,33 @@
 failure with one line, traceback only with --debug), `dvg generate` on a saved local tiny pipeline,
 `dvg plan` delegation and `dvg bench` appending to a results file."""
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dvg_engine import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GEOMETRY = ["--height", "128", "--width", "128", "--frames", "17", "--steps", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _library_log_handlers_follow_capture():
+    """diffusers and transformers create their log handler once, bound to the sys.stderr of that moment;
+    under capsys that stream is closed after the test that created it, so point it at the current one."""
+    import logging
+    import sys as _sys
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    for module in (diffusers_logging, transformers_logging):
+        handler = getattr(module, "_default_handler", None)
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(_sys.stderr)
+            handler.flush = _sys.stderr.flush
+    yield
 
 
 def _main(argv, capsys):
@@ -175,6 +191,16 @@ def test_generate_local_folder_with_baseline_report_plot(saved_pipeline, tmp_pat
     assert abs(a - b).max() <= 2  # same latents and encoder settings
 
 
+def test_generate_budget_fallback_nearest(saved_pipeline, tmp_path, capsys):
+    code, out, err = _main(["generate", "--model", saved_pipeline, "--prompt", "x", *GEOMETRY, "--budget", "0.2",
+                            "--budget-fallback", "nearest", "--report", str(tmp_path / "r.json"),
+                            "--out", str(tmp_path / "v.mp4"), "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())["dvg_report"]
+    assert report["budget"] == 0.2 and report["budget_used"] > 0.4  # the nearest feasible budget, recorded
+    assert "nearest feasible budget" in out
+
+
 def test_generate_no_dvg_and_image_refused_for_t2v(saved_pipeline, tmp_path, capsys):
     out = tmp_path / "plain.gif"
     code, _, err = _main(["generate", "--model", saved_pipeline, "--prompt", "x", *GEOMETRY, "--no-dvg",
@@ -295,3 +321,28 @@ def test_generate_hunyuan_video_15_local_folder(tmp_path_factory, tmp_path, caps
     assert report["dvg_report"]["model"] == "hunyuan_video_1_5"
     assert [s["stage_shapes"][-1] for s in report["dvg_report"]["samples"]] == [[5, 4, 6], [5, 4, 6]]
     assert (tmp_path / "fox_0.mp4").is_file() and (tmp_path / "fox_1.mp4").is_file()
+
+
+def test_generate_hunyuan_video_15_image_to_video(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("dvg_engine.engine")
+    from PIL import Image
+    from dvg_engine.tiny import save_tiny_pipeline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny_hv15_i2v"), model="hunyuan-video-1.5-i2v",
+                                num_layers=1, target_size=64)
+    image = tmp_path / "start.png"
+    Image.fromarray((np.random.RandomState(0).rand(48, 80, 3) * 255).astype(np.uint8)).save(image)
+    base = ["generate", "--model", folder, "--prompt", "a red fox", "--frames", "17", "--steps", "6",
+            "--out", str(tmp_path / "i2v.mp4"), "--no-progress"]
+    code, _, err = _main(base, capsys)  # an image-to-video pipeline without --image
+    assert code == 2
+    _assert_one_line_error(err, "dvg generate", "--image", "required")
+    code, _, err = _main(base + ["--image", str(image), "--height", "64"], capsys)  # it sizes itself from the image
+    assert code == 2
+    _assert_one_line_error(err, "dvg generate", "--height", "not supported")
+    code, out, err = _main(base + ["--image", str(image), "--report", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pipeline"] == "HunyuanVideo15ImageToVideoPipeline"
+    assert report["dvg_report"]["samples"][0]["stage_shapes"][-1][0] == 5
+    assert (tmp_path / "i2v.mp4").is_file()
