@@ -68,6 +68,9 @@ CASES: List[Dict] = [
 ]
 QUICK_CASES = [CASES[0], CASES[2]]
 
+# A Triton attention benchmark on CPU would time the interpreter: `dvg bench` lists it as skipped there.
+DEVICES = ("cuda",)
+
 
 def _packed_inputs(lens: Sequence[int], dtype: torch.dtype, device: str, heads_kv: int = HEADS):
     from dvg_engine.ops.attention import cu_seqlens_from_lengths

@@ -3,13 +3,15 @@
 CPU (`run("cpu", quick)`, or `python benchmarks/bench_e2e.py --device cpu`): a random-weight
 HunyuanVideo pipeline whose transformer is attention-dominated (4 heads × 64, a few layers) at
 368×640 px × 33 frames. The unmodified pipeline and the DVG-compiled one run with the same seed and
-steps, alternating (baseline, DVG, baseline, DVG, ...), `output_type="latent"` (the VAE is not part
-of the loop). Reported:
+steps, alternating (baseline, DVG, baseline, DVG), `output_type="latent"` (the VAE is not part of the
+loop). Times are best-of (the least load-disturbed estimate on a shared machine); medians are reported
+too. Reported:
 
-* measured speedup = median baseline loop time / median DVG loop time;
+* measured speedup = best baseline loop time / best DVG loop time;
 * ideal speedup = N · t(full) / Σ_k calls_k · t(stage_k), with t(shape) the transformer's own forward
-  time (its diffusers processors) measured at that shape and calls_k the executed model calls per stage
-  (dvg-spec §4) — what DVG would give with zero overhead and the baseline's attention;
+  time (its diffusers processors; best of 3, measured round-robin over the shapes) at that shape and
+  calls_k the executed model calls per stage (dvg-spec §4) — what DVG would give with zero overhead and
+  the baseline's attention;
 * measured / ideal (target ≥ 0.9 at budget 0.5) and the transitions' share of the DVG loop (< 1%).
   DVG also skips HunyuanVideo's text padding in attention, which the ideal does not count, so
   measured / ideal can exceed 1 when the text is mostly padding.

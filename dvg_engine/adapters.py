@@ -100,7 +100,6 @@ class Adapter:
     pipeline_class = ""
     patch = (1, 2, 2)
     spatial_factor = 8  # pixels per latent cell
-    supports_callback = True
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
@@ -393,7 +392,6 @@ class HunyuanVideo15Adapter(Adapter):
     model = "hunyuan_video_1_5"
     pipeline_class = "HunyuanVideo15Pipeline"
     patch = (1, 1, 1)
-    supports_callback = False
 
     def __init__(self, pipe) -> None:
         super().__init__(pipe)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 DEFAULT_OUT = "outputs/demo"
 DEFAULT_BUDGET = 0.5
-DEFAULT_STEPS = 20
+DEFAULT_STEPS = 16
 DEFAULT_HEIGHT = 256
 DEFAULT_WIDTH = 256
 DEFAULT_FRAMES = 49

@@ -475,10 +475,12 @@ class _Generation:
                 out.append(transition_seed("seeded", seed, b))
         return out
 
-    def _plans(self, grid, x0: torch.Tensor, budget: float) -> List[Any]:
-        """One plan per sample: from config.plan (a replayed report plan, explicit demands) or from x̂0."""
+    def _plans(self, grid, x0: torch.Tensor) -> List[Any]:
+        """One plan per sample: from config.plan (a replayed report plan, explicit demands) or from x̂0.
+        The planner is given the configured budget, so a budget_fallback="nearest" plan records its note."""
         from . import planner
         config, batch = self.config, self.prep.batch
+        budget = config.budget
         replay = config.plan
         if replay is None:
             return planner.plan_from_x0(grid, self.prep.num_steps, budget, x0, plan_scope=config.plan_scope,
@@ -572,7 +574,7 @@ class _Generation:
                     x0s = [sampling.x0_from_velocity(g.latents, v, sigma_x0) for g, v in zip(groups, velocities)]
                     if stage == 0:
                         x0 = x0s[0]
-                        plans = self._plans(grid, x0, budget)
+                        plans = self._plans(grid, x0)
                         for b, plan in enumerate(plans):
                             demands[b] = {"spatial_demand": plan.spatial_demand,
                                           "temporal_demand": plan.temporal_demand}

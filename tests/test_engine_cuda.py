@@ -35,7 +35,8 @@ def test_cuda_fp32_enabled_false_matches_uncompiled_with_triton_attention():
     _registry.reset_call_counts()
     out = pipe(**cuda_prompt(2, torch.float32), generator=gens(2), **GEOM).frames
     assert _registry.CALL_COUNTS.get(("varlen_attention", "triton"), 0) > 0, _registry.CALL_COUNTS
-    assert_verbose_allclose(out, ref, atol=2e-3, rtol=2e-3, name="CUDA enabled=False vs uncompiled")
+    # the Triton kernel's fp32 dots may run in TF32; a packing error would be O(1)
+    assert_verbose_allclose(out, ref, atol=1e-2, rtol=1e-2, name="CUDA enabled=False vs uncompiled")
 
 
 def test_cuda_fp32_per_sample_packed_matches_single_runs_with_triton_ops():
@@ -50,7 +51,7 @@ def test_cuda_fp32_per_sample_packed_matches_single_runs_with_triton_ops():
     for b in range(2):
         compile_pipeline(pipe, plan=[DEMANDS[b]])
         alone = pipe(**{k: v[b:b + 1] for k, v in prompt.items()}, generator=gens(1, seed=b), **GEOM).frames
-        assert_verbose_allclose(both[b:b + 1], alone, atol=2e-3, rtol=2e-3, name=f"CUDA sample {b}")
+        assert_verbose_allclose(both[b:b + 1], alone, atol=1e-2, rtol=1e-2, name=f"CUDA sample {b}")
 
 
 def test_cuda_bf16_dvg_runs_finite():

@@ -169,7 +169,9 @@ def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
         if group > 1:
             kb = kb.repeat_interleave(group, dim=0)
             vb = vb.repeat_interleave(group, dim=0)
-        ob = F.scaled_dot_product_attention(qb, kb, vb, scale=scale)
+        # 4-D (1, heads, len, dim): torch's CPU SDPA takes its fused flash path only for 4-D inputs; the
+        # 3-D call falls back to the math path, about 5x slower at video lengths.
+        ob = F.scaled_dot_product_attention(qb.unsqueeze(0), kb.unsqueeze(0), vb.unsqueeze(0), scale=scale)[0]
         out[q0:q1] = ob.transpose(0, 1).to(dtype)
         if return_lse:
             lse[:, q0:q1] = _chunked_lse(qb.to(lse_dtype), kb.to(lse_dtype), scale)
