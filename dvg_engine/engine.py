@@ -555,13 +555,22 @@ class _Generation:
         sync = prep.device.type == "cuda"
         demands: List[Optional[Dict[str, float]]] = [None] * prep.batch
         loop_start = stage_start = time.perf_counter()
+
+        def stage_timesteps() -> torch.Tensor:
+            # The model timesteps of the schedule in force, copied to the device once per stage (the schedule
+            # is re-shifted at each transition): a per-step torch.tensor(..., device="cuda") would be a
+            # synchronising host->device copy inside the step loop (found with CUDA's sync debug mode).
+            values = [schedule.model_timestep(j) for j in range(num_steps)]
+            return torch.tensor(values, dtype=torch.float32).to(prep.device)
+
+        timesteps_on_device = stage_timesteps()
         with pipe.progress_bar(total=num_steps) as bar:
             bar.set_postfix_str(self._stage_text(0, groups))
             for i in range(num_steps):
                 if pipe.interrupt:
                     continue
                 stage = schedule.stage
-                t = torch.tensor(schedule.model_timestep(i), dtype=torch.float32, device=prep.device)
+                t = timesteps_on_device[i]
                 pipe._current_timestep = t
                 velocities = self._velocities(groups, stage, t, i)
                 calls[stage] += 1
@@ -589,6 +598,7 @@ class _Generation:
                         nxt = adapter.post_step(prep, nxt, g.plan.stage_axes[stage + 1], g.indices)
                         new_groups.append(_Group(g.indices, g.plan, nxt.to(prep.dtype)))
                     groups = new_groups
+                    timesteps_on_device = stage_timesteps()
                     if sync:
                         torch.cuda.synchronize(prep.device)
                     stage_start = time.perf_counter()

@@ -137,9 +137,9 @@ def test_backend_counts():
     (lambda a: dict(x=a["x"][None]), r"x=.*a 2-D tensor"),
     (lambda a: dict(scale=a["scale"][:, :8]), r"scale=<tensor shape=\(2, 8\).*allowed: shape \(2, 16\)"),
     (lambda a: dict(shift=a["shift"].half()), r"shift=.*allowed: dtype torch.float32"),
-    (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 6], dtype=torch.int32)), r"cu_seqlens=\[0, 3, 6\] is invalid; allowed: a last entry equal to the token count 7"),
+    (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 6], dtype=torch.int32, device=DEVICE)), r"cu_seqlens=\[0, 3, 6\] is invalid; allowed: a last entry equal to the token count 7"),
     (lambda a: dict(cu_seqlens=a["cu_seqlens"].long()), r"cu_seqlens=.*allowed: dtype torch.int32"),
-    (lambda a: dict(cu_seqlens=torch.tensor([0, 7], dtype=torch.int32)), r"scale=.*allowed: shape \(1, 16\)"),
+    (lambda a: dict(cu_seqlens=torch.tensor([0, 7], dtype=torch.int32, device=DEVICE)), r"scale=.*allowed: shape \(1, 16\)"),
     (lambda a: dict(eps=0.0), r"eps=0.0 is invalid"),
     (lambda a: dict(x=a["x"].long()), r"x=.*dtype float32, float16 or bfloat16"),
 ])

@@ -360,9 +360,9 @@ def test_text_stream_validation():
     args = (d["latent"], stream, d["cu_latent"], d["cu_seqlens"], d["total"])
     with pytest.raises(ValueError, match=r"cu_seqlens=\[0, 41, 74\] is invalid; allowed: segments holding sample 0's "
                                          r"30 latent tokens \(cu_latent\) plus its 10 text tokens"):
-        P.pack_tokens(*args, cu_text=torch.tensor([0, 10, 14], dtype=torch.int32))
+        P.pack_tokens(*args, cu_text=torch.tensor([0, 10, 14], dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match=r"cu_text=\[0, 11, 13\] is invalid; allowed: a last entry equal to the token count 14"):
-        P.pack_tokens(*args, cu_text=torch.tensor([0, 11, 13], dtype=torch.int32))
+        P.pack_tokens(*args, cu_text=torch.tensor([0, 11, 13], dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match=r"text=<tensor shape=\(2, 16, 2, 16\).*allowed: a 3-D tensor"):
         P.pack_tokens(d["latent"], d["text"], d["cu_latent"], d["cu_seqlens"], d["total"], cu_text=cu_text)
     with pytest.raises(ValueError, match=r"cu_text=.*allowed: dtype torch.int32"):
@@ -491,12 +491,12 @@ def _pack_args(**overrides):
 @pytest.mark.parametrize("override,pattern", [
     (lambda d: dict(cu_seqlens=d["cu_seqlens"].long()), r"cu_seqlens=<tensor .*dtype=torch.int64.*allowed: dtype torch.int32"),
     (lambda d: dict(cu_seqlens=d["cu_seqlens"].flip(0).contiguous()), r"cu_seqlens=\[\d+, .*allowed: prefix sums starting at 0"),
-    (lambda d: dict(cu_seqlens=torch.tensor([0, 60, 42], dtype=torch.int32)), r"allowed: non-decreasing prefix sums"),
+    (lambda d: dict(cu_seqlens=torch.tensor([0, 60, 42], dtype=torch.int32, device=DEVICE)), r"allowed: non-decreasing prefix sums"),
     (lambda d: dict(total=d["total"] + 1), r"cu_seqlens=\[0, 41, 74\] is invalid; allowed: a last entry equal to the token count 75"),
-    (lambda d: dict(cu_seqlens=torch.tensor([0, 52, 74], dtype=torch.int32)), r"sample 0 would get 22"),
+    (lambda d: dict(cu_seqlens=torch.tensor([0, 52, 74], dtype=torch.int32, device=DEVICE)), r"sample 0 would get 22"),
     (lambda d: dict(cu_latent=d["cu_latent"][:2].contiguous()), r"cu_latent=.*allowed: shape \(3,\)"),
-    (lambda d: dict(cu_seqlens=torch.tensor([[0, 41, 74]], dtype=torch.int32)), r"cu_seqlens=.*1-D tensor"),
-    (lambda d: dict(cu_seqlens=torch.tensor([0, 9, 41, 9, 74, 9], dtype=torch.int32)[::2]), r"cu_seqlens=.*a contiguous tensor"),
+    (lambda d: dict(cu_seqlens=torch.tensor([[0, 41, 74]], dtype=torch.int32, device=DEVICE)), r"cu_seqlens=.*1-D tensor"),
+    (lambda d: dict(cu_seqlens=torch.tensor([0, 9, 41, 9, 74, 9], dtype=torch.int32, device=DEVICE)[::2]), r"cu_seqlens=.*a contiguous tensor"),
     (lambda d: dict(text=d["text"].half()), r"text=.*dtype=torch.float16.*allowed: dtype torch.float32"),
     (lambda d: dict(text=d["text"][..., :8]), r"text=.*allowed: per-token shape \(2, 16\)"),
     (lambda d: dict(latent=d["latent"].transpose(1, 2).contiguous().transpose(1, 2)), r"latent=.*contiguous last dimension"),
@@ -523,7 +523,7 @@ def test_unpack_and_rope_validation_errors():
                      cu_latent=d["cu_latent"], cu_seqlens=d["cu_seqlens"], grid_sizes=d["grid_sizes"], total=d["total"])
     with pytest.raises(ValueError, match=r"rope_axes_dim=\[16, 56, 56\] is invalid; allowed: three even ints summing to head_dim=64"):
         P.pack_qk_rope(**rope_args, rope_axes_dim=(16, 56, 56))
-    bad_grid = torch.tensor([[2, 3, 5], [5, 2, 2]], dtype=torch.int32)
+    bad_grid = torch.tensor([[2, 3, 5], [5, 2, 2]], dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"grid_sizes=\[\[2, 3, 5\], \[5, 2, 2\]\].*sample 1 has 30 latent tokens"):
         P.pack_qk_rope(**{**rope_args, "grid_sizes": bad_grid}, rope_axes_dim=(16, 24, 24))
     with pytest.raises(ValueError, match=r"grid_sizes=.*int32 tensor of shape \(2, 3\)"):
