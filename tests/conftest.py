@@ -26,6 +26,17 @@ def parity_dir() -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors: on a shared 2-core machine torch's intra-op pool only adds spin-wait
+    (measured 1.8 s vs 0.05 s per call under load). Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def parity_path() -> pathlib.Path:
     return parity_dir()

@@ -9,14 +9,7 @@ from dvg_engine import demands as D
 from dvg_engine import planner as P
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny; on a shared 2-core machine torch's intra-op pool only adds spin-wait
-    (measured 1.8 s vs 0.05 s per call under load). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _moving_blob(vx, vy, frames=6, size=24, channels=4, sigma=3.0):

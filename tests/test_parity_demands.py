@@ -17,14 +17,7 @@ FLOW_ATOL = 1e-5
 SPLIT_ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny; on a shared 2-core machine torch's intra-op pool only adds spin-wait
-    (measured 1.8 s vs 0.05 s per call under load). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,7 @@ BASE = ["--model", "hunyuan-video", "--height", "720", "--width", "1280", "--fra
         "--budget", "0.5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny; on a shared 2-core machine torch's intra-op pool only adds spin-wait
-    (measured 1.8 s vs 0.05 s per call under load). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(*argv, timeout=120):
