@@ -74,7 +74,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "psutil"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "psutil", "peft>=0.12"],
         "video": ["imageio>=2.31", "imageio-ffmpeg>=0.5"],
         "flash": ["flash-attn>=2.5"],
     },
