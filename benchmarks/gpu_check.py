@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the sampling/demand tests add their CUDA-vs-CPU checks.
 GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test_modulated_layer_norm.py",
              "tests/test_resample_renoise.py", "tests/test_sampling.py", "tests/test_parity_sampling.py",
-             "tests/test_demands.py", "tests/test_parity_demands.py", "tests/test_engine_cuda.py"]
+             "tests/test_demands.py", "tests/test_parity_demands.py", "tests/test_engine_cuda.py",
+             "tests/test_packed_step.py"]
 BENCHES = ["bench_attention", "bench_pack_ln", "bench_resample", "bench_e2e"]
 
 
