@@ -137,3 +137,8 @@ def hv_i2v_pipe(image_condition_type="latent_concat", seed=0):
     return HunyuanVideoImageToVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=hv_vae(seed),
                                             scheduler=flow_scheduler(7.0), text_encoder_2=None, tokenizer_2=None,
                                             image_processor=None)
+
+
+def gens(batch, seed=0):
+    """One CPU generator per sample: seeds seed, seed+1, ...."""
+    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]

@@ -58,3 +58,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                     "skipped", red=True)
     if not _registry.triton_importable():
         terminalreporter.write_line("WARNING: triton is not importable: the Triton kernel tests were skipped", red=True)
+
+
+@pytest.fixture(scope="module")
+def hv():
+    """A tiny HunyuanVideoPipeline built from configs, shared by a test module."""
+    import _tiny_pipes as tp
+    pipe = tp.hv_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def fresh_hv(hv):
+    """`hv`, restored after the test: DVG compilation undone and any diffusers cache hook removed."""
+    yield hv
+    if "dvg" in hv.__dict__:
+        hv.dvg.restore()
+    if hv.transformer.is_cache_enabled:
+        hv.transformer.disable_cache()

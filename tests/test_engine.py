@@ -13,6 +13,7 @@ from _tolerances import assert_verbose_allclose
 
 from dvg_engine import processors
 from dvg_engine.engine import compile_pipeline
+from _tiny_pipes import gens  # noqa: F401  (also the fixtures hv / fresh_hv, in conftest.py)
 from dvg_engine.ops import _registry
 from dvg_engine import planner
 
@@ -22,22 +23,6 @@ GEOM = dict(height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inferenc
 ATTN_ATOL = 2e-4
 
 
-def gens(batch, seed=0):
-    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
-
-
-@pytest.fixture(scope="module")
-def hv():
-    pipe = tp.hv_pipe()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture
-def fresh_hv(hv):
-    yield hv
-    if "dvg" in hv.__dict__:
-        hv.dvg.restore()
 
 
 def run(pipe, batch=1, seed=0, prompt=None, **kw):

@@ -13,29 +13,12 @@ from _tolerances import assert_verbose_allclose
 
 from dvg_engine import processors
 from dvg_engine.engine import compile_pipeline
+from _tiny_pipes import gens  # noqa: F401  (also the fixtures hv / fresh_hv, in conftest.py)
 
 GEOM = dict(height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inference_steps=tp.STEPS,
             output_type="latent")
 
 
-def gens(batch, seed=0):
-    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
-
-
-@pytest.fixture(scope="module")
-def hv():
-    pipe = tp.hv_pipe()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture
-def fresh_hv(hv):
-    yield hv
-    if "dvg" in hv.__dict__:
-        hv.dvg.restore()
-    if hv.transformer.is_cache_enabled:
-        hv.transformer.disable_cache()
 
 
 def test_first_block_cache_reset_at_every_transition(fresh_hv, monkeypatch):
