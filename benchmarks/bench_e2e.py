@@ -40,6 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from _timing import wall_times  # noqa: E402  (benchmarks/ is on sys.path for scripts, dvg bench, gpu_check)
+
 BUDGET = 0.5
 # demands of a typical clip (moderate detail and motion); the plan only changes the stage shapes
 DEMANDS = {"spatial_demand": 0.3, "temporal_demand": 0.3}
@@ -177,13 +179,7 @@ def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
 
 def _cuda_time(fn, repeats: int) -> float:
     if not torch.cuda.is_available():  # the CPU smoke run of this code path (tests)
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(wall_times(fn, repeats))
     fn()
     torch.cuda.synchronize()
     times = []

@@ -27,7 +27,6 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -35,6 +34,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from _timing import wall_times  # noqa: E402
 from dvg_engine import sampling  # noqa: E402
 from dvg_engine.ops import _registry  # noqa: E402
 from dvg_engine.ops import resample as R  # noqa: E402
@@ -77,26 +77,15 @@ def transitions(quick: bool = False):
             for k in range(3)]
 
 
-def _timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    return statistics.median(_timings(fn, repeats, warmup))
+    return statistics.median(wall_times(fn, repeats, warmup))
 
 
 def _copy_ceiling(n_bytes: int, repeats: int) -> float:
     """Best time of a plain copy that reads and writes n_bytes in total (the memory-bound ceiling)."""
     src = torch.randn(max(1, n_bytes // 8))
     dst = torch.empty_like(src)
-    return min(_timings(lambda: dst.copy_(src), repeats, warmup=2))
+    return min(wall_times(lambda: dst.copy_(src), repeats, warmup=2))
 
 
 def _case_inputs(src_axes, dst_axes, device, dtype=torch.float32):

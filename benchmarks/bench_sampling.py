@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Callable, Dict, List
 
 if __package__ in (None, ""):
@@ -25,6 +24,7 @@ if __package__ in (None, ""):
 
 import torch
 
+from _timing import wall_times  # noqa: E402
 from dvg_engine import sampling
 
 
@@ -61,13 +61,7 @@ PLANS = {
 def best_ms(fn: Callable[[], object], repeats: int) -> float:
     """Minimum wall time: on a shared CI machine the other processes only ever add time, so the
     minimum is the stable estimate (the median drifts with the load)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+    return min(wall_times(fn, repeats)) * 1e3
 
 
 def bench_plan(name: str, repeats: int) -> List[Dict]:

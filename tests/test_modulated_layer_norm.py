@@ -6,7 +6,6 @@ With DVG_TEST_GPU=1 on a CUDA machine the Triton kernel runs on CUDA in fp32, fp
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -17,8 +16,7 @@ from dvg_engine.ops import _registry
 from dvg_engine.ops import layer_norm as LN
 from dvg_engine.ops.pack import packed_layout
 
-GPU = os.environ.get("DVG_TEST_GPU") == "1" and torch.cuda.is_available()
-DEVICE = torch.device("cuda" if GPU else "cpu")
+from _backends import DEVICE, GPU, skip_unless_runs as _skip_unless_runs  # noqa: E402
 if GPU:
     BACKEND_DTYPES = [("triton", torch.float32), ("triton", torch.float16), ("triton", torch.bfloat16)]
 else:
@@ -26,16 +24,6 @@ else:
                       ("triton", torch.float32), ("triton", torch.float16)]
 
 SEGMENTS = {"awkward": [1, 17, 0, 97, 129, 300], "single": [5]}
-
-
-def _skip_unless_runs(backend: str) -> None:
-    if backend == "cpp" and not _registry.cpp_available():
-        pytest.skip("the C++ extension dvg_engine._C is not built")
-    if backend == "triton":
-        if not _registry.triton_importable():
-            pytest.skip("triton is not importable")
-        if DEVICE.type == "cpu" and not _registry.triton_interpreting():
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
 
 
 def make_inputs(lengths, dim, dtype, seed=0, offset=3.0):

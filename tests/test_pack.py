@@ -18,8 +18,7 @@ from _tolerances import assert_pointwise_close, assert_verbose_allclose
 from dvg_engine.ops import _registry
 from dvg_engine.ops import pack as P
 
-GPU = os.environ.get("DVG_TEST_GPU") == "1" and torch.cuda.is_available()
-DEVICE = torch.device("cuda" if GPU else "cpu")
+from _backends import DEVICE, GPU, skip_unless_runs as _skip_unless_runs  # noqa: E402
 
 # (backend, dtype) pairs that run here; bf16 math is unsupported by the Triton interpreter.
 if GPU:
@@ -35,16 +34,6 @@ CASES = {
     "unequal": ([(2, 3, 5), (5, 2, 3)], [11, 3], 16),
     "single": ([(1, 1, 1)], [0], 4),
 }
-
-
-def _skip_unless_runs(backend: str) -> None:
-    if backend == "cpp" and not _registry.cpp_available():
-        pytest.skip("the C++ extension dvg_engine._C is not built")
-    if backend == "triton":
-        if not _registry.triton_importable():
-            pytest.skip("triton is not importable")
-        if DEVICE.type == "cpu" and not _registry.triton_interpreting():
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
 
 
 def canary_view(shape, dtype, pad_last: int = 3, pad_lead: int = 2, fill=None, seed: int = 0):

@@ -160,17 +160,22 @@ def test_schedule_parity(parity_path):
     assert checked == len(configs)
 
 
+def _schedule_at(case, step):
+    """The schedule of this generation just before `step`: the bookkeeping of its earlier transitions replayed."""
+    schedule = StageSchedule(case["num_steps"], case["model"], case["stage0_flow_shift"])
+    for i in range(step):
+        if schedule.is_transition(i):
+            schedule.begin_transition(i)
+    return schedule
+
+
 def test_transition_parity(parity_path):
     cases = _load(parity_path, "transition.json")
     arrays = np.load(parity_path / "transition.npz")
     checked = 0
     for case in cases:
         key, step, src = case["key"], case["step"], case["from_stage"]
-        schedule = StageSchedule(case["num_steps"], case["model"], case["stage0_flow_shift"])
-        # replay the bookkeeping of the earlier transitions of this generation
-        for i in range(step):
-            if schedule.is_transition(i):
-                schedule.begin_transition(i)
+        schedule = _schedule_at(case, step)
         assert schedule.stage == src, key
         assert schedule.is_transition(step), key
         assert abs(schedule.model_timestep(step) - case["model_timestep"]) <= SIGMA_ATOL * 1000, key
@@ -220,10 +225,7 @@ def test_transition_parity_cuda(parity_path):
     checked = 0
     for case in cases:
         key, step, src = case["key"], case["step"], case["from_stage"]
-        schedule = StageSchedule(case["num_steps"], case["model"], case["stage0_flow_shift"])
-        for i in range(step):
-            if schedule.is_transition(i):
-                schedule.begin_transition(i)
+        schedule = _schedule_at(case, step)
         axes = case["stage_axes"]
         latents = torch.from_numpy(arrays[f"{key}_latents"]).cuda()
         velocity = torch.from_numpy(arrays[f"{key}_velocity"]).cuda()
