@@ -21,8 +21,14 @@ GPU (`run("cuda", quick)`, used by `make gpu-check`): the full-size HunyuanVideo
 every stage shape of a 720p / 129-frame plan at budget 0.5 (packed varlen attention, text padding
 skipped), and at the full shape with diffusers' own processors (the unmodified pipeline's attention).
 Reported: the implied 50-step loop speedup vs the unmodified pipeline, the ideal (same attention path
-at every shape), and their ratio. `quick` keeps the real layer width but fewer blocks (2 + 4), scaled
-to the full 20 + 40 linearly; the row says so.
+at every shape), and their ratio. `quick` keeps the real layer width but fewer blocks (1 + 2, the full
+model's ratio), scaled ×20 to the full 20 + 40, and times one call per shape after one warm-up; the row
+says so. The GPU mode prints its estimated cost first and timestamped progress lines, logs and writes
+(`--json`) the rows after every measured shape, and skips with a note whatever would cross its wall-clock
+budget (`--budget-s`, default 400 s: one 600 s device call holds it with the interpreter start-up).
+
+    python benchmarks/bench_e2e.py --device cuda --quick --json e2e.json      # ~2-4 min on an H100
+    python benchmarks/bench_e2e.py --device cuda --budget-s 540 --json e2e.json  # 60 blocks; may skip the baseline
 """
 from __future__ import annotations
 
@@ -32,15 +38,13 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-
-from _timing import wall_times  # noqa: E402  (benchmarks/ is on sys.path for scripts, dvg bench, gpu_check)
 
 BUDGET = 0.5
 # demands of a typical clip (moderate detail and motion); the plan only changes the stage shapes
@@ -157,6 +161,23 @@ HV_FULL_CONFIG = dict(in_channels=16, out_channels=16, num_attention_heads=24, a
                       qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
                       rope_theta=256.0, rope_axes_dim=(16, 56, 56))
 GPU_TEXT_LEN, GPU_TEXT_VALID = 256, 80
+STEPS = 50
+# quick: 1 double- + 2 single-stream blocks keep the full model's 20:40 ratio, so ×20 scales exactly to 20 + 40
+# (the embedders, token refiner and final layer are scaled too: < 1% of a step at these token counts)
+QUICK_LAYERS = (1, 2)
+# timed calls per shape; our path gets one untimed warm-up call before them (it pays Triton's compile and the
+# autotuning at each new shape); the baseline's first call is timed (SDPA compiles nothing, and our shapes have
+# already initialised cuBLAS / the allocator), which keeps the slowest forward of the run to `repeats` calls
+QUICK_REPEATS, FULL_REPEATS = 1, 2
+# The whole of run_gpu (model build included) stays under this unless told otherwise: what does not fit is
+# skipped with a note instead of the process being killed by a caller's time limit with nothing written.
+DEFAULT_BUDGET_S = 400.0
+# Throughputs for the cost estimate printed before running (FLOP/s; refined by the first measurement):
+# H100 bf16, measured last session — packed Triton attention ~500 TFLOP/s, diffusers' padded-mask SDPA
+# ~100-140 (memory-efficient kernel), dense linears ~600.
+_EST_THROUGHPUT = {"cuda": dict(ours=450e12, baseline=110e12, linear=550e12),
+                   "cpu": dict(ours=20e9, baseline=10e9, linear=40e9)}
+_EST_FIRST_CALL_S = {"cuda": 45.0, "cpu": 0.0}  # Triton compile + autotune at a new stage shape (guess)
 
 
 def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
@@ -177,108 +198,272 @@ def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
     return model.eval()
 
 
-def _cuda_time(fn, repeats: int) -> float:
-    if not torch.cuda.is_available():  # the CPU smoke run of this code path (tests)
-        return statistics.median(wall_times(fn, repeats))
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
+def _block_params(config: Dict) -> tuple:
+    """(parameters of one double-stream block, of one single-stream block), counted on the meta device."""
+    from diffusers import HunyuanVideoTransformer3DModel
+    tiny = dict(config, num_layers=1, num_single_layers=1, num_refiner_layers=1)
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(**tiny)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return count(model.transformer_blocks[0]), count(model.single_transformer_blocks[0])
+
+
+def _forward_flops(config: Dict, block_params: tuple, latent_tokens: int, text_tokens: int) -> tuple:
+    """(attention FLOPs, linear FLOPs) of one forward: QKᵀ and PV over every joint-attention layer, and the
+    block weights (a double-stream block sends each token through one of its two streams' weights)."""
+    layers = config["num_layers"] + config["num_single_layers"]
+    tokens = latent_tokens + text_tokens
+    attention = layers * 4 * tokens * tokens * config["num_attention_heads"] * config["attention_head_dim"]
+    linear = 2 * tokens * (config["num_layers"] * block_params[0] / 2 + config["num_single_layers"] * block_params[1])
+    return attention, linear
+
+
+class _Clock:
+    """Elapsed wall time since the start of run_gpu, and progress lines that survive a killed process."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.start = time.perf_counter()
+        self.log = log
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def say(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        self.log(f"bench_e2e [{stamp} UTC +{self.elapsed():6.1f}s] {message}")
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _timed_calls(fn: Callable[[], object], repeats: int, cuda: bool, warmup: bool = True) -> tuple:
+    """(wall seconds of the first call, median seconds of the timed calls): one untimed warm-up call then
+    `repeats` timed ones, or without `warmup` `repeats` timed calls, the first of them included. CUDA: events
+    around each call."""
+    def once() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        start = time.perf_counter()
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+        return time.perf_counter() - start
+    wall = time.perf_counter()
+    first_timed = once()
+    first = time.perf_counter() - wall
+    times = ([] if warmup else [first_timed]) + [once() for _ in range(repeats - (0 if warmup else 1))]
+    return first, statistics.median(times)
+
+
+def _write_partial(path: Optional[str], rows: List[dict], complete: bool) -> None:
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"complete": complete, "rows": rows}, fh, indent=1, default=str)
+    os.replace(tmp, path)  # a reader (or a kill mid-write) never sees half a file
 
 
 def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optional[Dict] = None,
-            geometry=(720, 1280, 129), dtype: torch.dtype = torch.bfloat16) -> List[dict]:
-    """config_override / geometry / dtype exist for the CPU smoke test of this code path."""
+            geometry=(720, 1280, 129), dtype: torch.dtype = torch.bfloat16, budget_s: Optional[float] = None,
+            repeats: Optional[int] = None, partial_path: Optional[str] = None,
+            log: Callable[[str], None] = _print) -> List[dict]:
+    """Per-step transformer time at each stage shape of a 720p/129-frame plan (budget 0.5) with the packed
+    attention, and at the full shape with diffusers' processors; the implied 50-step speedup.
+
+    Prints the estimated cost first, then one timestamped line per step of work. After every measured shape
+    the rows so far are logged as one JSON line and written to `partial_path` ({"complete", "rows"}), so a
+    run stopped by a time limit still leaves what it measured. Work whose estimate would cross `budget_s`
+    (wall seconds from the start of this call, default DEFAULT_BUDGET_S) is skipped with a note in its row.
+    Order: stage 0..3 (ascending cost; stage 3 is the full grid), then the baseline (the slowest).
+    `device="cpu"` with a tiny `config_override`/`geometry` and fp32 is the smoke test of this code path."""
     from dvg_engine import planner, processors
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    cuda = str(device).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise RuntimeError("bench_e2e GPU mode needs a CUDA device; none is available")
+    clock = _Clock(log)
+    budget_s = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
+    repeats = repeats or (QUICK_REPEATS if quick else FULL_REPEATS)
     config = dict(HV_FULL_CONFIG)
-    scale = 1.0
+    full_layers = (HV_FULL_CONFIG["num_layers"], HV_FULL_CONFIG["num_single_layers"])
     if quick:
-        config.update(num_layers=2, num_single_layers=4)
-        scale = (HV_FULL_CONFIG["num_layers"] + HV_FULL_CONFIG["num_single_layers"]) / 6
+        config.update(num_layers=QUICK_LAYERS[0], num_single_layers=QUICK_LAYERS[1])
     if config_override:
         config.update(config_override)
-        scale = 1.0
-    model = _materialise(config, device, dtype)
+    timed_layers = (config["num_layers"], config["num_single_layers"])
+    # scaled to 20 + 40 only when the timed blocks keep the full model's width and 1:2 ratio
+    scale = 1.0
+    if quick and not config_override:
+        scale = sum(full_layers) / sum(timed_layers)
     grid = planner.full_grid("hunyuan_video", *geometry)
-    steps = 50
-    plan = planner.plan_stages(grid, steps, BUDGET, DEMANDS["spatial_demand"], DEMANDS["temporal_demand"])
-    calls = plan.executed_model_calls
+    plan = planner.plan_stages(grid, STEPS, BUDGET, DEMANDS["spatial_demand"], DEMANDS["temporal_demand"])
+    calls = list(plan.executed_model_calls)
+    patch = config["patch_size"]
+
+    def tokens(shape) -> int:
+        return shape[0] * (shape[1] // patch) * (shape[2] // patch)
+
+    # what will run, in order: (label, latent shape, text tokens in attention, our path?)
+    items = [(f"stage{k}", tuple(shape), GPU_TEXT_VALID, True) for k, shape in enumerate(plan.stage_shapes)]
+    items.append(("baseline", tuple(grid.latent_shape), GPU_TEXT_LEN, False))
+    # last, as an extra: the full grid with RoPE applied inside the q/k packing (the engine's `fused_rope`
+    # option, off by default until measured on a GPU) against stage 3's per-shape RoPE tables
+    items.append(("stage3_fused_rope", tuple(plan.stage_shapes[-1]), GPU_TEXT_VALID, True))
+    kind = "cuda" if cuda else "cpu"
+    throughput = _EST_THROUGHPUT[kind]
+    block_params = _block_params(config)
+    estimates = {}
+    for label, shape, text, ours in items:
+        attention, linear = _forward_flops(config, block_params, tokens(shape), text)
+        estimates[label] = attention / throughput["ours" if ours else "baseline"] + linear / throughput["linear"]
+    first_call = _EST_FIRST_CALL_S[kind]
+    def calls_of(ours: bool) -> int:
+        return repeats + (1 if ours else 0)
+
+    total_estimate = sum(estimates[label] * calls_of(ours) + (first_call if ours else 0.0)
+                         for label, _, _, ours in items)
+    clock.say(f"plan {geometry[0]}x{geometry[1]}x{geometry[2]} px, budget {BUDGET}: stage shapes "
+              f"{[list(s) for s in plan.stage_shapes]}, calls {calls}; timing {timed_layers[0]}+{timed_layers[1]} "
+              f"blocks{f' (x{scale:g} = {full_layers[0]}+{full_layers[1]})' if scale != 1 else ''}, {dtype}, "
+              f"{repeats} timed call(s) per shape (after 1 warm-up on our path), wall budget {budget_s:.0f} s")
+    for label, shape, text, ours in items:
+        clock.say(f"  estimate {label:8} latent {list(shape)} = {tokens(shape)} tokens + {text} text: "
+                  f"{estimates[label]:.3g} s/forward x {calls_of(ours)}"
+                  + (f" + ~{first_call:.0f} s Triton compile/autotune" if ours and first_call else ""))
+    clock.say(f"  estimate total ~{total_estimate:.0f} s (+ model build); first measurement recalibrates")
+
+    rows: List[dict] = []
+    measured: Dict[str, dict] = {}
+    skipped: List[str] = []
+    clock.say("building the transformer (meta device, materialised on the target)")
+    model = _materialise(config, device, dtype)
+    clock.say(f"built: {sum(p.numel() for p in model.parameters()) / 1e9:.3g} B parameters")
     g = torch.Generator(device).manual_seed(1)
-    text = torch.randn(1, GPU_TEXT_LEN, config["text_embed_dim"], device=device, dtype=dtype, generator=g)
+    text_embeds = torch.randn(1, GPU_TEXT_LEN, config["text_embed_dim"], device=device, dtype=dtype, generator=g)
     mask = torch.zeros(1, GPU_TEXT_LEN, device=device, dtype=dtype)
     mask[:, :GPU_TEXT_VALID] = 1
     pooled = torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype, generator=g)
-    kwargs = dict(timestep=torch.tensor([900.0], device=device), encoder_hidden_states=text,
+    kwargs = dict(timestep=torch.tensor([900.0], device=device), encoder_hidden_states=text_embeds,
                   encoder_attention_mask=mask, pooled_projections=pooled,
                   guidance=torch.tensor([6000.0], device=device, dtype=dtype), return_dict=False)
-    repeats = 1 if quick else 3
-
-    def forward(shape, layout=None, state=None):
-        t, h, w = shape
-        x = torch.randn(1, config["in_channels"], t, h, w, device=device, dtype=dtype, generator=g)
-
-        def fn():
-            with torch.no_grad():
-                if state is None:
-                    model(hidden_states=x, **kwargs)
-                else:
-                    with state.activate(layout):
-                        model(hidden_states=x, **kwargs)
-        return fn
-
     state = processors.install(model, "hunyuan_video")
-    ours = []
-    for shape in plan.stage_shapes:
-        n = (shape[0]) * (shape[1] // 2) * (shape[2] // 2)
-        layout = processors.PackedAttention.prefix([n + GPU_TEXT_VALID], n + GPU_TEXT_LEN, device)
-        ours.append(_cuda_time(forward(shape, layout, state), repeats))
-        if torch.cuda.is_available():
+    calibration = 1.0  # measured / estimated forward time, from the latest measurement
+
+    for label, shape, text, ours in items:
+        predicted = calibration * estimates[label] * calls_of(ours) + (first_call if ours else 0.0)
+        if clock.elapsed() + predicted > budget_s:
+            note = (f"skipped: {label} needs ~{predicted:.0f} s and {clock.elapsed():.0f} of {budget_s:.0f} s "
+                    f"are spent (raise --budget-s, or run it alone)")
+            skipped.append(label)
+            measured[label] = {"skipped": note}
+            clock.say(note)
+            continue
+        if not ours and label == "baseline":
+            processors.uninstall(model)  # the unmodified pipeline's attention: diffusers' own processors
+        x = torch.randn(1, config["in_channels"], *shape, device=device, dtype=dtype, generator=g)
+        layout = processors.PackedAttention.prefix([tokens(shape) + text], tokens(shape) + GPU_TEXT_LEN, device) \
+            if ours else None
+        if label == "stage3_fused_rope":
+            state = processors.install(model, "hunyuan_video")  # back after the baseline's diffusers processors
+            token_grid = (shape[0] // config["patch_size_t"], shape[1] // patch, shape[2] // patch)
+            layout.fused_rope = processors.FusedRope.build([token_grid], [text], False, config["rope_axes_dim"],
+                                                           config["rope_theta"], device)
+        forward = _forward_call(model, dict(kwargs, hidden_states=x), state if ours else None, layout)
+        clock.say(f"{label}: timing latent {list(shape)} ({'packed Triton/varlen' if ours else 'diffusers SDPA + mask'}"
+                  f" attention), ~{predicted:.0f} s")
+        try:
+            first, median = _timed_calls(forward, repeats, cuda, warmup=ours)
+            if ours:  # later predictions use what this machine did: per-forward speed and first-call overhead
+                calibration = median / estimates[label]
+                first_call = max(0.0, first - median)
+            measured[label] = {"s": median, "first_call_s": first}
+            clock.say(f"{label}: {median:.4g} s/forward ({timed_layers[0]}+{timed_layers[1]} blocks), first call "
+                      f"{first:.3g} s")
+        except Exception as exc:  # noqa: BLE001 - reported in the row (e.g. SDPA's O(N²) fallback running out of memory)
+            measured[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            clock.say(f"{label}: FAILED {measured[label]['error']}")
+        del x, forward  # free this shape's input before the next one is allocated
+        if cuda:
             torch.cuda.empty_cache()
+        rows = _gpu_rows(plan, grid, calls, measured, scale, timed_layers, repeats, device, clock, budget_s, skipped)
+        log("bench_e2e partial " + json.dumps(rows, default=str))
+        _write_partial(partial_path, rows, complete=False)
     processors.uninstall(model)
-    # the unmodified pipeline's attention: diffusers' processors (dense SDPA with the text mask); timed after
-    # ours so that a failure there (e.g. SDPA falling back to its O(N²)-memory math kernel) keeps our rows
-    baseline_error = None
-    try:
-        baseline_full = _cuda_time(forward(grid.latent_shape), repeats)
-    except Exception as exc:  # reported in the row, not fatal
-        baseline_full, baseline_error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
-    ours_full = ours[-1]
-    dvg_loop = sum(c * t for c, t in zip(calls, ours))
-    rows = []
-    for name, t in zip(("stage0", "stage1", "stage2", "stage3"), ours):
-        rows.append({"what": f"forward {name}", "shape": list(plan.stage_shapes[len(rows)]),
-                     "calls": calls[len(rows)], "s_per_step": t * scale})
-    rows.append({"what": "forward full, diffusers processors", "shape": list(grid.latent_shape), "calls": steps,
-                 "s_per_step": None if baseline_full is None else baseline_full * scale,
-                 **({"error": baseline_error} if baseline_error else {})})
-    implied = None if baseline_full is None else steps * baseline_full / dvg_loop
-    ideal = steps * ours_full / dvg_loop
-    rows.append({"what": "50-step loop", "budget": BUDGET, "layers_timed": f"{config['num_layers']}+"
-                 f"{config['num_single_layers']}" + (" (scaled to 20+40)" if quick else ""),
-                 "baseline_loop_s": None if baseline_full is None else steps * baseline_full * scale,
-                 "dvg_loop_s": dvg_loop * scale, "implied_speedup_vs_baseline": implied, "ideal_speedup": ideal,
-                 "speedup_over_ideal": None if implied is None else implied / ideal, "density": plan.density,
-                 "gpu": torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cpu (smoke)"})
     del model
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.empty_cache()
+    rows = _gpu_rows(plan, grid, calls, measured, scale, timed_layers, repeats, device, clock, budget_s, skipped)
+    _write_partial(partial_path, rows, complete=True)
+    clock.say("done" + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else ""))
     return rows
 
 
-def run(device: str = "cuda", quick: bool = False) -> List[dict]:
-    """Benchmark rows (dicts). device "cuda": the full-size per-stage timing; "cpu": end to end."""
+def _forward_call(model, inputs: Dict, state, layout) -> Callable[[], None]:
+    """One transformer forward on `inputs`: through our packed attention when `state` is given (activated with
+    `layout`), else with whatever processors the model has."""
+    def forward() -> None:
+        with torch.no_grad():
+            if state is None:
+                model(**inputs)
+            else:
+                with state.activate(layout):
+                    model(**inputs)
+    return forward
+
+
+def _gpu_rows(plan, grid, calls, measured, scale, timed_layers, repeats, device, clock, budget_s, skipped) -> List[dict]:
+    """Rows: one per stage shape, the baseline, then the 50-step loop (None where an input is missing)."""
+    rows = []
+    stage_s = []
+    for k, shape in enumerate(plan.stage_shapes):
+        m = measured.get(f"stage{k}", {})
+        t = m.get("s")
+        stage_s.append(t)
+        rows.append({"what": f"forward stage{k}", "shape": list(shape), "calls": calls[k],
+                     "s_per_step": None if t is None else t * scale, "first_call_s": m.get("first_call_s"),
+                     **({"note": m.get("skipped") or m.get("error")} if "s" not in m else {})})
+    m = measured.get("baseline", {})
+    baseline = m.get("s")
+    rows.append({"what": "forward full, diffusers processors", "shape": list(grid.latent_shape), "calls": STEPS,
+                 "s_per_step": None if baseline is None else baseline * scale, "first_call_s": m.get("first_call_s"),
+                 **({"error": m["error"]} if "error" in m else {}),
+                 **({"note": m["skipped"]} if "skipped" in m else {})})
+    m = measured.get("stage3_fused_rope", {})
+    fused = m.get("s")
+    rows.append({"what": "forward stage3, RoPE fused into the q/k pack (fused_rope)", "shape": list(plan.stage_shapes[-1]),
+                 "calls": calls[-1], "s_per_step": None if fused is None else fused * scale,
+                 "first_call_s": m.get("first_call_s"),
+                 "vs_rope_tables": None if fused is None or stage_s[-1] is None else stage_s[-1] / fused,
+                 **({"note": m.get("skipped") or m.get("error")} if "s" not in m else {})})
+    complete = all(t is not None for t in stage_s)
+    dvg_loop = sum(c * t for c, t in zip(calls, stage_s)) if complete else None
+    implied = None if dvg_loop is None or baseline is None else STEPS * baseline / dvg_loop
+    ideal = None if dvg_loop is None else STEPS * stage_s[-1] / dvg_loop
+    full_layers = HV_FULL_CONFIG["num_layers"] + HV_FULL_CONFIG["num_single_layers"]
+    rows.append({"what": "50-step loop", "budget": BUDGET,
+                 "layers_timed": f"{timed_layers[0]}+{timed_layers[1]}"
+                 + (f" (scaled x{scale:g} to {full_layers} blocks)" if scale != 1 else ""),
+                 "repeats": repeats,
+                 "baseline_loop_s": None if baseline is None else STEPS * baseline * scale,
+                 "dvg_loop_s": None if dvg_loop is None else dvg_loop * scale, "implied_speedup_vs_baseline": implied,
+                 "ideal_speedup": ideal, "speedup_over_ideal": None if implied is None else implied / ideal,
+                 "density": plan.density, "wall_s": round(clock.elapsed(), 1), "wall_budget_s": budget_s,
+                 "skipped": list(skipped),
+                 "gpu": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu (smoke)"})
+    return rows
+
+
+def run(device: str = "cuda", quick: bool = False, *, budget_s: Optional[float] = None,
+        partial_path: Optional[str] = None) -> List[dict]:
+    """Benchmark rows (dicts). device "cuda": the full-size per-stage timing (within `budget_s` wall seconds,
+    partial rows written to `partial_path`); "cpu": end to end."""
     if str(device).startswith("cuda"):
-        return run_gpu(device, quick)
+        return run_gpu(device, quick, budget_s=budget_s, partial_path=partial_path)
     return run_cpu(quick)
 
 
@@ -286,9 +471,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--json", help="write the rows here (on CUDA also updated after every measured shape)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"CUDA mode: wall-clock budget in seconds; work that would cross it is skipped with a "
+                             f"note (default {DEFAULT_BUDGET_S:.0f})")
     args = parser.parse_args(argv)
-    rows = run(args.device, args.quick)
+    rows = run(args.device, args.quick, budget_s=args.budget_s, partial_path=args.json)
     for row in rows:
         print(json.dumps(row, default=str))
     if args.json:

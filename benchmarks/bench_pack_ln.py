@@ -1,12 +1,20 @@
 """Benchmarks of the varlen pack / unpack (with and without the fused RoPE) and the segment-modulated LayerNorm.
 
 All three are memory-bound, so they are reported in GB/s (bytes read + written / time) next to a plain copy of
-the same bytes on the same device, the ceiling:
+the same bytes on the same device, the ceiling. Each op is measured in both of its forms, each against the copy
+of its own kind:
 
-* CPU: C++ backend vs the unchanged torch reference (`upcast=False`) and vs `dst.copy_(src)`.
+* allocating (`pack_tokens(...)` returns a new tensor) vs `src.clone()`: both write into fresh memory. On CPU
+  that memory is faulted in page by page on first touch (torch's CPU allocator does not cache; THP is usually
+  `madvise`), which costs several times the copy itself, so this pair measures the kernel plus the page faults;
+* out variant (`pack_tokens(..., out=buf)`, `dvg::pack_tokens_out`) vs `dst.copy_(src)` into an existing buffer:
+  neither allocates, so this pair measures the kernel against the memory bandwidth.
+
+* CPU: C++ backend vs the unchanged torch reference (`upcast=False`), timed round-robin (the callables of one
+  table take turns, so load from other processes hits them alike), median of the rounds.
   Targets: modulated_layer_norm ≥ 3× the torch reference; pack/unpack ≥ 1× torch and ≥ 70% of copy bandwidth.
 * GPU: Triton kernels vs the torch reference and the device copy, timed with `triton.testing.do_bench`
-  (median). Target: ≥ 80% of copy bandwidth.
+  (median). Target: ≥ 80% of copy bandwidth (the caching allocator makes clone ≈ copy_ there).
 
 Usage:
     python benchmarks/bench_pack_ln.py [--device cpu|cuda] [--quick]   # table of results
@@ -55,104 +63,154 @@ def _ln_inputs(tokens: int, dim: int, dtype, device, seed: int = 0):
     return x, cu_seqlens, scale, shift
 
 
-def _time_ms(fn, device, reps: int) -> float:
+def _time_interleaved(fns: dict, device, reps: int) -> dict:
+    """Median ms of each callable. CPU: the callables run in turn, round after round, so load from other processes
+    on a shared machine hits all of them alike (one warm-up round first: thread pool start, first-touch faults of
+    the preallocated buffers). CUDA: `triton.testing.do_bench` (median) per callable."""
     if device.type == "cuda":
         from triton.testing import do_bench
-        return float(do_bench(fn, warmup=25, rep=max(50, reps * 10)))
-    fn()  # warm-up (first-touch page faults, thread pool start)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+        return {name: float(do_bench(fn, warmup=25, rep=max(50, reps * 10))) for name, fn in fns.items()}
+    for fn in fns.values():
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _row(op, backend, shape, dtype, ms, nbytes, ceilings=None, torch_ms=None):
-    gbs = nbytes / (ms * 1e-3) / 1e9
-    row = {"op": op, "backend": backend, "shape": shape, "dtype": str(dtype).replace("torch.", ""),
-           "ms": round(ms, 3), "GB/s": round(gbs, 1)}
-    if ceilings:
-        row["% of copy_"] = round(100 * gbs / ceilings[0], 1)
-        row["% of clone"] = round(100 * gbs / ceilings[1], 1)
-    if torch_ms:
-        row["× torch ref"] = round(torch_ms / ms, 2)
-    return row
+def _gbs(nbytes: int, ms: float) -> float:
+    return nbytes / (ms * 1e-3) / 1e9
 
 
-def _ceilings(nbytes: int, dtype, device, reps: int, shape: str, rows: list):
-    """Copy bandwidth of `nbytes / 2` bytes: into a preallocated buffer (`copy_`) and into a fresh one
-    (`clone`). The ops return new tensors, so on CPU they pay the first-touch page faults of their output
-    that `copy_` does not; `clone` pays them too (on CUDA the caching allocator makes both equal)."""
-    src = torch.empty(nbytes // 2 // torch.finfo(dtype).bits * 8, dtype=dtype, device=device).normal_()
-    dst = torch.empty_like(src)
-    copy_ms = _time_ms(lambda: dst.copy_(src), device, reps)
-    clone_ms = _time_ms(lambda: src.clone(), device, reps)
-    rows.append(_row("copy (ceiling)", "torch copy_", shape, dtype, copy_ms, nbytes))
-    rows.append(_row("copy (ceiling)", "torch clone", shape, dtype, clone_ms, nbytes))
-    return nbytes / (copy_ms * 1e-3) / 1e9, nbytes / (clone_ms * 1e-3) / 1e9
+class _Table:
+    """Rows of one op: the two copy ceilings, then each variant against the ceiling of its kind — an allocating
+    op against `clone` (a copy into a fresh buffer: both pay the first-touch page faults of their output on CPU),
+    an out variant (`out=`) against `copy_` into an existing buffer (neither allocates)."""
+
+    def __init__(self, device, rows: list, shape: str, dtype):
+        self.device, self.rows, self.shape, self.dtype = device, rows, shape, str(dtype).replace("torch.", "")
+        self.copy_gbs = self.clone_gbs = None
+
+    def ceilings(self, copy_ms: float, clone_ms: float, nbytes: int) -> None:
+        self.copy_gbs, self.clone_gbs = _gbs(nbytes, copy_ms), _gbs(nbytes, clone_ms)
+        for variant, ms in (("copy_ (existing buffer)", copy_ms), ("clone (fresh buffer)", clone_ms)):
+            self.rows.append({"op": "copy (ceiling)", "backend": "torch", "variant": variant, "shape": self.shape,
+                              "dtype": self.dtype, "ms": round(ms, 3), "GB/s": round(_gbs(nbytes, ms), 1)})
+
+    def op(self, op: str, backend: str, variant: str, ms: float, nbytes: int, torch_ms=None, target=None) -> dict:
+        """target: (min % of the matching copy, min × torch ref) or None; `met` says whether this row meets it."""
+        gbs = _gbs(nbytes, ms)
+        row = {"op": op, "backend": backend, "variant": variant, "shape": self.shape, "dtype": self.dtype,
+               "ms": round(ms, 3), "GB/s": round(gbs, 1), "% of copy_": round(100 * gbs / self.copy_gbs, 1)}
+        ceiling = self.clone_gbs if variant == "allocating" else self.copy_gbs
+        if variant == "allocating":
+            row["% of clone"] = round(100 * gbs / self.clone_gbs, 1)
+        if torch_ms:
+            row["× torch ref"] = round(torch_ms / ms, 2)
+        if target is not None and backend != "torch ref":
+            min_pct, min_speedup = target
+            wants, ok = [], True
+            if min_pct is not None:
+                wants.append(f">= {min_pct}% of {'clone' if variant == 'allocating' else 'copy_'}")
+                ok &= 100 * gbs / ceiling >= min_pct
+            if min_speedup is not None and torch_ms:
+                wants.append(f">= {min_speedup}x torch ref")
+                ok &= torch_ms / ms >= min_speedup
+            row["target"] = ", ".join(wants)
+            row["met"] = "yes" if ok else "NO"
+        self.rows.append(row)
+        return row
 
 
 def run(device: str = "cpu", quick: bool = False) -> list:
-    """Rows of {op, backend, shape, dtype, ms, GB/s, % of copy_, % of clone, × torch ref}."""
+    """Rows of {op, backend, variant, shape, dtype, ms, GB/s, % of copy_, % of clone, × torch ref, target, met}.
+
+    `variant` is "allocating" (the op returns a new tensor) or "out=" (the out variant writes into a preallocated
+    tensor); "% of copy_" is always against `copy_` into an existing buffer, "% of clone" (allocating rows) against
+    a copy into a fresh buffer. Targets (issue 3): CPU pack/unpack >= 70% of copy bandwidth and >= 1x torch,
+    modulated_layer_norm >= 3x torch; GPU pack/unpack/modulated_layer_norm >= 80% of copy bandwidth."""
     device = torch.device(device)
     fast = "triton" if device.type == "cuda" else "cpp"
     if fast == "cpp" and not _registry.cpp_available():
         raise RuntimeError("the C++ extension dvg_engine._C is not built; nothing to compare on CPU")
+    gpu = device.type == "cuda"
+    copy_target = (80, None) if gpu else (70, 1.0)
+    ln_target = (80, None) if gpu else (None, 3.0)
     dtype = torch.bfloat16
-    heads = 24 if device.type == "cuda" else (2 if quick else 8)
+    heads = 24 if gpu else (2 if quick else 8)
     head_dim = 128
-    reps = 3 if quick else 7
+    reps = 5 if quick else 11
     rows = []
 
     latent, text, cu_latent, cu_seqlens, total, grid_sizes = _pack_inputs(heads, head_dim, dtype, device)
     row_bytes = heads * head_dim * latent.element_size()
     total_latent = latent.shape[0]
-    shape = f"{total} tok × {heads}×{head_dim}"
+    table = _Table(device, rows, f"{total} tok × {heads}×{head_dim}", dtype)
     pack_bytes = 2 * total * row_bytes                      # read every packed row once, write it once
     unpack_bytes = total * row_bytes + (total_latent + len(GRIDS) * TEXT_PAD) * row_bytes
-    copy_gbs = _ceilings(pack_bytes, dtype, device, reps, shape, rows)
-
+    src = torch.empty(pack_bytes // 2 // latent.element_size(), dtype=dtype, device=device).normal_()
+    dst = torch.empty_like(src)
     inv_freq = P.rope_inv_freq(ROPE_AXES, 256.0, device)
     pack_args = (latent, text, cu_latent, cu_seqlens, total)
-    ref_ms = _time_ms(lambda: P.pack_tokens_reference(*pack_args, upcast=False), device, reps)
-    rows.append(_row("pack_tokens", "torch ref", shape, dtype, ref_ms, pack_bytes, copy_gbs))
-    with _registry.use_backend(fast):
-        ms = _time_ms(lambda: P.pack_tokens(*pack_args, validate=False), device, reps)
-        rows.append(_row("pack_tokens", fast, shape, dtype, ms, pack_bytes, copy_gbs, ref_ms))
-        packed = P.pack_tokens(*pack_args)
+    packed = P.pack_tokens(*pack_args)
+    out, out2 = torch.empty_like(packed), torch.empty_like(packed)
+    lat_out, txt_out = torch.empty_like(latent), torch.empty_like(text)
+    unpack_args = (packed, cu_latent, cu_seqlens, total_latent, TEXT_PAD)
+    rope_args = (latent, latent, text, text, cu_latent, cu_seqlens, grid_sizes, total, ROPE_AXES)
 
-    ref_ms = _time_ms(lambda: P.unpack_tokens_reference(packed, cu_latent, cu_seqlens, total_latent, TEXT_PAD),
-                      device, reps)
-    rows.append(_row("unpack_tokens", "torch ref", shape, dtype, ref_ms, unpack_bytes, copy_gbs))
-    with _registry.use_backend(fast):
-        ms = _time_ms(lambda: P.unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, TEXT_PAD, validate=False),
-                      device, reps)
-        rows.append(_row("unpack_tokens", fast, shape, dtype, ms, unpack_bytes, copy_gbs, ref_ms))
-    del packed
+    def rope_ref():
+        return tuple(P.pack_tokens_reference(latent, text, cu_latent, cu_seqlens, total, grid_sizes, inv_freq,
+                                             ROPE_AXES, upcast=False) for _ in range(2))
 
-    rope_args = (latent, latent, text, text, cu_latent, cu_seqlens, grid_sizes, total)
-    ref_ms = _time_ms(lambda: (P.pack_tokens_reference(latent, text, cu_latent, cu_seqlens, total, grid_sizes,
-                                                       inv_freq, ROPE_AXES, upcast=False),
-                               P.pack_tokens_reference(latent, text, cu_latent, cu_seqlens, total, grid_sizes,
-                                                       inv_freq, ROPE_AXES, upcast=False)), device, reps)
-    rows.append(_row("pack_qk_rope (q+k)", "torch ref", shape, dtype, ref_ms, 2 * pack_bytes, copy_gbs))
     with _registry.use_backend(fast):
-        ms = _time_ms(lambda: P.pack_qk_rope(*rope_args, ROPE_AXES, inv_freq=inv_freq, validate=False), device, reps)
-        rows.append(_row("pack_qk_rope (q+k)", fast, shape, dtype, ms, 2 * pack_bytes, copy_gbs, ref_ms))
-    del latent, text
+        ms = _time_interleaved({
+            "copy_": lambda: dst.copy_(src),
+            "clone": lambda: src.clone(),
+            "pack": lambda: P.pack_tokens(*pack_args, validate=False),
+            "pack out": lambda: P.pack_tokens(*pack_args, validate=False, out=out),
+            "unpack": lambda: P.unpack_tokens(*unpack_args, validate=False),
+            "unpack out": lambda: P.unpack_tokens(*unpack_args, validate=False, latent_out=lat_out, text_out=txt_out),
+            "rope": lambda: P.pack_qk_rope(*rope_args, inv_freq=inv_freq, validate=False),
+            "rope out": lambda: P.pack_qk_rope(*rope_args, inv_freq=inv_freq, validate=False, q_out=out, k_out=out2),
+        }, device, reps)
+    # The references take 10-100x longer; a few rounds of their own are enough for the "× torch ref" column.
+    ms.update(_time_interleaved({
+        "pack ref": lambda: P.pack_tokens_reference(*pack_args, upcast=False),
+        "unpack ref": lambda: P.unpack_tokens_reference(*unpack_args),
+        "rope ref": rope_ref,
+    }, device, 3 if gpu else 2))
+    table.ceilings(ms["copy_"], ms["clone"], pack_bytes)
+    for op, key, nbytes, target in (("pack_tokens", "pack", pack_bytes, copy_target),
+                                    ("unpack_tokens", "unpack", unpack_bytes, copy_target),
+                                    ("pack_qk_rope (q+k)", "rope", 2 * pack_bytes, None)):
+        ref_ms = ms[f"{key} ref"]
+        table.op(op, "torch ref", "allocating", ref_ms, nbytes)
+        table.op(op, fast, "allocating", ms[key], nbytes, ref_ms, target)
+        table.op(op, fast, "out=", ms[f"{key} out"], nbytes, ref_ms, target)
+    del latent, text, packed, out, out2, lat_out, txt_out, src, dst
 
-    tokens = 100_000 if device.type == "cuda" else (8_000 if quick else 32_000)
+    tokens = 100_000 if gpu else (8_000 if quick else 32_000)
     dim = 3072
     x, cu, scale, shift = _ln_inputs(tokens, dim, dtype, device)
     ln_bytes = 2 * x.numel() * x.element_size()
-    ln_shape = f"{tokens} tok × {dim}"
-    ln_copy_gbs = _ceilings(ln_bytes, dtype, device, reps, ln_shape, rows)
-    ref_ms = _time_ms(lambda: LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False), device, reps)
-    rows.append(_row("modulated_layer_norm", "torch ref", ln_shape, dtype, ref_ms, ln_bytes, ln_copy_gbs))
+    table = _Table(device, rows, f"{tokens} tok × {dim}", dtype)
+    y = torch.empty_like(x)
     with _registry.use_backend(fast):
-        ms = _time_ms(lambda: LN.modulated_layer_norm(x, cu, scale, shift, validate=False), device, reps)
-        rows.append(_row("modulated_layer_norm", fast, ln_shape, dtype, ms, ln_bytes, ln_copy_gbs, ref_ms))
+        ms = _time_interleaved({
+            "copy_": lambda: y.copy_(x),
+            "clone": lambda: x.clone(),
+            "ln": lambda: LN.modulated_layer_norm(x, cu, scale, shift, validate=False),
+            "ln out": lambda: LN.modulated_layer_norm(x, cu, scale, shift, validate=False, out=y),
+        }, device, reps)
+    ms.update(_time_interleaved({"ref": lambda: LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False)},
+                                device, 3 if gpu else 2))
+    table.ceilings(ms["copy_"], ms["clone"], ln_bytes)
+    table.op("modulated_layer_norm", "torch ref", "allocating", ms["ref"], ln_bytes)
+    table.op("modulated_layer_norm", fast, "allocating", ms["ln"], ln_bytes, ms["ref"], ln_target)
+    table.op("modulated_layer_norm", fast, "out=", ms["ln out"], ln_bytes, ms["ref"], ln_target)
     return rows
 
 
@@ -205,6 +263,7 @@ def check(device: str = "cuda", dtypes=(torch.float32, torch.float16, torch.bflo
 
 def _bench_case(benchmark, backend, fn):
     import pytest
+    backend = backend.split()[0]  # "cpp out=" runs the C++ out variant
     if backend == "cpp" and not _registry.cpp_available():
         pytest.skip("the C++ extension dvg_engine._C is not built")
     with _registry.use_backend(backend):
@@ -216,16 +275,18 @@ def _pytest_params():
         import pytest
     except ImportError:  # plain `python bench_pack_ln.py` without pytest
         return lambda f: f
-    return pytest.mark.parametrize("backend", ["torch", "cpp"])
+    return pytest.mark.parametrize("backend", ["torch", "cpp", "cpp out="])
 
 
 @_pytest_params()
 def test_bench_pack_tokens(benchmark, backend):
     latent, text, cu_latent, cu_seqlens, total, _ = _pack_inputs(8, 128, torch.bfloat16, torch.device("cpu"))
+    out = torch.empty((total, *latent.shape[1:]), dtype=latent.dtype)
     if backend == "torch":
         fn = lambda: P.pack_tokens_reference(latent, text, cu_latent, cu_seqlens, total, upcast=False)  # noqa: E731
     else:
-        fn = lambda: P.pack_tokens(latent, text, cu_latent, cu_seqlens, total, validate=False)  # noqa: E731
+        kwargs = {"out": out} if backend == "cpp out=" else {}
+        fn = lambda: P.pack_tokens(latent, text, cu_latent, cu_seqlens, total, validate=False, **kwargs)  # noqa: E731
     _bench_case(benchmark, backend, fn)
 
 
@@ -236,7 +297,10 @@ def test_bench_unpack_tokens(benchmark, backend):
     if backend == "torch":
         fn = lambda: P.unpack_tokens_reference(packed, cu_latent, cu_seqlens, latent.shape[0], TEXT_PAD)  # noqa: E731
     else:
-        fn = lambda: P.unpack_tokens(packed, cu_latent, cu_seqlens, latent.shape[0], TEXT_PAD, validate=False)  # noqa: E731
+        kwargs = {"latent_out": torch.empty_like(latent), "text_out": torch.empty_like(text)} \
+            if backend == "cpp out=" else {}
+        fn = lambda: P.unpack_tokens(packed, cu_latent, cu_seqlens, latent.shape[0], TEXT_PAD, validate=False,  # noqa: E731
+                                     **kwargs)
     _bench_case(benchmark, backend, fn)
 
 
@@ -246,14 +310,24 @@ def test_bench_modulated_layer_norm(benchmark, backend):
     if backend == "torch":
         fn = lambda: LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False)  # noqa: E731
     else:
-        fn = lambda: LN.modulated_layer_norm(x, cu, scale, shift, validate=False)  # noqa: E731
+        kwargs = {"out": torch.empty_like(x)} if backend == "cpp out=" else {}
+        fn = lambda: LN.modulated_layer_norm(x, cu, scale, shift, validate=False, **kwargs)  # noqa: E731
     _bench_case(benchmark, backend, fn)
 
 
-def test_bench_copy_ceiling(benchmark):
+def _copy_params():
+    try:
+        import pytest
+    except ImportError:
+        return lambda f: f
+    return pytest.mark.parametrize("kind", ["copy_", "clone"])
+
+
+@_copy_params()
+def test_bench_copy_ceiling(benchmark, kind):
     src = torch.empty(100_000 * 8 * 128, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
-    benchmark.pedantic(lambda: dst.copy_(src), rounds=5, warmup_rounds=1)
+    benchmark.pedantic((lambda: dst.copy_(src)) if kind == "copy_" else src.clone, rounds=5, warmup_rounds=1)
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,14 @@ the resize, the 0→1 smoothing, the coordinate noise, the re-noise and the whol
 plus the effective bandwidth of the whole (bytes of x̂0 read + output written, float32) — the figure
 the fused op's GB/s is compared against.
 
+It also times the host-side sigma schedule of one generation (`StageSchedule`: the stage-0 schedule, the
+per-step model timesteps and the three re-shifting transitions of a 50-step run), which the engine pays
+once per call.
+
+`run(device, quick)` (what `dvg bench` calls; CPU only): quick = the HunyuanVideo 720p plan's three
+transitions, best of 2 without a warm-up (~20 s of CPU), plus the schedule; full = the 720p and
+HunyuanVideo-1.5 480p plans, best of 3 after a warm-up.
+
 Usage:
     python benchmarks/bench_sampling.py            # HunyuanVideo 720p 121f and HunyuanVideo-1.5 480p 121f plans
     python benchmarks/bench_sampling.py --quick    # one small plan
@@ -58,13 +66,16 @@ PLANS = {
 }
 
 
-def best_ms(fn: Callable[[], object], repeats: int) -> float:
+DEVICES = ("cpu",)  # the torch references here are the CPU fallback; the fused op's GPU numbers are bench_resample's
+
+
+def best_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Minimum wall time: on a shared CI machine the other processes only ever add time, so the
     minimum is the stable estimate (the median drifts with the load)."""
-    return min(wall_times(fn, repeats)) * 1e3
+    return min(wall_times(fn, repeats, warmup)) * 1e3
 
 
-def bench_plan(name: str, repeats: int) -> List[Dict]:
+def bench_plan(name: str, repeats: int, warmup: int = 1) -> List[Dict]:
     plan = PLANS[name]
     channels, shapes = plan["channels"], plan["shapes"]
     axes = stage_axes(shapes)
@@ -78,17 +89,72 @@ def bench_plan(name: str, repeats: int) -> List[Dict]:
         noise = sampling.coordinate_noise(*dst, channels, sampling.REFERENCE_NOISE_SEED)
         sigma = 0.9
         row = dict(plan=name, transition=f"{k}->{k + 1}", src=list(shapes[k]), dst=list(target), channels=channels)
-        row["resize_ms"] = best_ms(lambda: sampling.resize_to_stage(x0, target, *anchors), repeats)
-        row["smoothing_ms"] = best_ms(lambda: sampling.smooth_first_transition(up), repeats) if k == 0 else None
+        row["resize_ms"] = best_ms(lambda: sampling.resize_to_stage(x0, target, *anchors), repeats, warmup)
+        row["smoothing_ms"] = best_ms(lambda: sampling.smooth_first_transition(up), repeats, warmup) if k == 0 else None
         row["noise_ms"] = best_ms(lambda: sampling.coordinate_noise(*dst, channels, sampling.REFERENCE_NOISE_SEED),
-                                    repeats)
-        row["renoise_ms"] = best_ms(lambda: sampling.renoise(up, noise, sigma), repeats)
+                                  repeats, warmup)
+        row["renoise_ms"] = best_ms(lambda: sampling.renoise(up, noise, sigma), repeats, warmup)
         row["total_ms"] = best_ms(lambda: sampling.resample_and_renoise(
-            x0, target, anchors, dst, sigma, sampling.REFERENCE_NOISE_SEED, smooth=k == 0), repeats)
+            x0, target, anchors, dst, sigma, sampling.REFERENCE_NOISE_SEED, smooth=k == 0), repeats, warmup)
         moved = 4 * (x0.numel() + up.numel())
         row["total_GBps"] = moved / (row["total_ms"] * 1e-3) / 1e9
         rows.append(row)
     return rows
+
+
+def _generation_schedule(model: str, steps: int, stage0_shift: float) -> sampling.StageSchedule:
+    """The schedule bookkeeping of one generation, as the engine's loop does it: every step's model timestep,
+    and at the transition steps the x̂0 σ lookup, the re-shift and the re-noise σ lookup."""
+    schedule = sampling.StageSchedule(steps, model, stage0_shift)
+    for i in range(steps):
+        schedule.model_timestep(i)
+        if schedule.is_transition(i):
+            schedule.begin_transition(i)
+    return schedule
+
+
+def bench_schedule(repeats: int, steps: int = 50) -> List[Dict]:
+    """Host milliseconds of the sigma schedule: one `flow_sigmas` and one generation's StageSchedule walk,
+    for HunyuanVideo (shift 7) and HunyuanVideo-1.5 (shift 5, its approximate timestep lookups)."""
+    rows = []
+    for model, shift in (("hunyuan_video", 7.0), ("hunyuan_video_1_5", 5.0)):
+        schedule = _generation_schedule(model, steps, shift)
+        rows.append(dict(plan=f"schedule {model}", transition=f"{steps} steps, transitions at "
+                         f"{list(schedule.transition_steps)}", stages=len(schedule.stage_schedules),
+                         flow_sigmas_ms=best_ms(lambda: sampling.flow_sigmas(steps, shift, model), repeats),
+                         generation_ms=best_ms(lambda: _generation_schedule(model, steps, shift), repeats)))
+    return rows
+
+
+def run(device: str = "cpu", quick: bool = False, *, plans=None, repeats=None) -> Dict:
+    """`dvg bench` entry: the reference transition pieces at real stage shapes and the schedule (CPU).
+
+    quick: the HunyuanVideo 720p plan, each piece best of 2 without a warm-up (its noise alone is ~1 s a call);
+    full: the 720p and HunyuanVideo-1.5 480p plans, best of 3 after a warm-up. `plans` / `repeats` override
+    (tests use the "small" plan)."""
+    if str(device) != "cpu":
+        raise RuntimeError(f"bench_sampling: device={device!r} is not supported; allowed: 'cpu' (the torch "
+                           f"references are the CPU fallback; GPU numbers of the fused op are bench_resample's)")
+    plans = list(plans or (["hv_720p_121f"] if quick else ["hv_720p_121f", "hv15_480p_121f"]))
+    unknown = [name for name in plans if name not in PLANS]
+    if unknown:
+        raise ValueError(f"plans={unknown} is invalid; allowed: {', '.join(PLANS)}")
+    repeats = repeats or (2 if quick else 3)
+    warmup = 0 if quick else 1
+    rows = [row for name in plans for row in bench_plan(name, repeats, warmup)]
+    schedule = bench_schedule(max(repeats, 5))
+    heaviest = max(rows, key=lambda r: r["total_ms"])
+    return {
+        "title": f"dvg_engine.sampling references on CPU ({torch.get_num_threads()} threads), best of {repeats}"
+                 + (" without a warm-up" if warmup == 0 else " after a warm-up"),
+        "compared": "each piece of the faithful transition (resize, 0→1 smoothing, coordinate noise, re-noise) "
+                    "and the whole `resample_and_renoise`; GB/s = fp32 bytes of x̂0 read + output written",
+        "rows": rows + schedule,
+        "notes": [f"heaviest transition: {heaviest['plan']} {heaviest['transition']} ({heaviest['total_ms']:.0f} ms), "
+                  f"noise {heaviest['noise_ms']:.0f} ms of it — the hash + float64 Box–Muller, which the fused op "
+                  f"(bench_resample) computes in-kernel",
+                  "schedule rows: host time per generation, paid once per call (not per step)"],
+    }
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,17 @@
    and appends one section to the results file (default benchmarks/RESULTS.md) with card, date, commit.
 
 Without a CUDA GPU it says so and exits 0.
+
+It prints a time estimate first. A lent GPU allows 600 s per command, so a session runs the tests first and
+then each benchmark in its own call (`--plan` prints that sequence with the estimates):
+
+    python benchmarks/gpu_check.py --skip-bench --json $OUT/tests.json --results $OUT/results.md
+    python benchmarks/gpu_check.py --skip-tests --only bench_attention --quick --json $OUT/attention.json ...
+    python benchmarks/gpu_check.py --skip-tests --only bench_e2e --quick --bench-budget-s 400 ...
+
+`--json` is rewritten after the tests and after every benchmark (benchmarks that accept `partial_path` also
+write `<json>.<bench>.partial.json` as they go, and log their partial rows), so a call cut short still
+leaves what it measured; `--bench-budget-s` is handed to benchmarks that take a wall-clock budget.
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ import argparse
 import datetime as _dt
 import glob
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -27,11 +39,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The op tests run their Triton cases on CUDA (bf16 included) when DVG_TEST_GPU=1 and a GPU is present;
 # the sampling/demand tests add their CUDA-vs-CPU checks.
-GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test_modulated_layer_norm.py",
-             "tests/test_resample_renoise.py", "tests/test_sampling.py", "tests/test_parity_sampling.py",
-             "tests/test_demands.py", "tests/test_parity_demands.py", "tests/test_engine_cuda.py",
-             "tests/test_packed_step.py"]
+# Entries may be pytest node ids (file::test) to take only the CUDA tests of a mostly-CPU file.
+GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test_pack_out.py",
+             "tests/test_modulated_layer_norm.py", "tests/test_resample_renoise.py", "tests/test_sampling.py",
+             "tests/test_parity_sampling.py", "tests/test_demands.py", "tests/test_parity_demands.py",
+             "tests/test_engine_cuda.py", "tests/test_packed_step.py", "tests/test_engine_transitions.py",
+             "tests/test_i2v_cuda.py",
+             "tests/test_engine_compat.py::test_compile_blocks_once_per_stage_shape_cuda",
+             "tests/test_engine_compat.py::test_model_cpu_offload_cuda"]
 BENCHES = ["bench_attention", "bench_pack_ln", "bench_resample", "bench_e2e"]
+# Rough wall seconds on an H100 (interpreter start-up, Triton compile and autotune included), for the estimate
+# printed before running and for --plan. Last session: all kernel tests + 3 kernel benches fitted one 600 s
+# call; bench_e2e quick did not (its old version had no budget). Refine these after a measured run.
+ESTIMATE_S = {"tests": 240, "bench_attention": 150, "bench_pack_ln": 45, "bench_resample": 45,
+              "bench_e2e": 240, "bench_e2e_full": 480}
+CALL_LIMIT_S = 600
 
 
 def _install_wheels(folder: str) -> str:
@@ -81,10 +103,21 @@ def missing(env: dict) -> list:
     return needs
 
 
-def run_tests(extra: list) -> int:
+def select_tests(names) -> list:
+    """GPU_TESTS entries of the named files (e.g. "test_pack.py"); a file listed by node ids gives all of them."""
+    by_file = {}
+    for entry in GPU_TESTS:
+        by_file.setdefault(os.path.basename(entry.split("::")[0]), []).append(entry)
+    unknown = [name for name in names if name not in by_file]
+    if unknown:
+        raise ValueError(f"--tests {unknown} is not a GPU test file; allowed: {', '.join(by_file)}")
+    return [entry for name in names for entry in by_file[name]]
+
+
+def run_tests(extra: list, files=None) -> int:
     env = dict(os.environ, DVG_TEST_GPU="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     env.pop("TRITON_INTERPRET", None)
-    files = [f for f in GPU_TESTS if os.path.exists(os.path.join(ROOT, f))]
+    files = [f for f in (files or GPU_TESTS) if os.path.exists(os.path.join(ROOT, f.split("::")[0]))]
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files, *extra]
     print("gpu-check: " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
@@ -100,27 +133,93 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
 
 
-def run_benchmarks(quick: bool, partial_json=None, only=None) -> list:
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    sections = [{"bench": "device_copy", "rows": [{"what": "torch copy_ bf16 512 MiB", "GB/s": round(copy_bandwidth(), 1)}]}]
+def _accepted_kwargs(fn, **candidates) -> dict:
+    """The candidates `fn` takes by name (benchmarks differ in what they accept beyond (device, quick))."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in candidates.items() if k in params and v is not None}
+
+
+def _write_json(path, payload) -> None:
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1, default=str)
+    os.replace(tmp, path)  # never half a file, even if the call is killed mid-write
+
+
+def run_benchmarks(quick: bool, partial_json=None, only=None, *, device: str = "cuda", bench_dir=None,
+                   budget_s=None, payload=None) -> list:
+    """Run the benchmark modules in BENCHES order (`only`: a subset), each isolated: one that raises is recorded
+    with its error and the next still runs. After each, the sections so far are written to `partial_json`
+    (inside `payload`, e.g. the environment and the test result). Benchmarks whose run() accepts them get
+    `budget_s` and `partial_path` (= `<partial_json>.<name>.partial.json`)."""
+    bench_dir = bench_dir or os.path.join(ROOT, "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    sections = []
+    if str(device).startswith("cuda"):
+        sections.append({"bench": "device_copy",
+                         "rows": [{"what": "torch copy_ bf16 512 MiB", "GB/s": round(copy_bandwidth(), 1)}]})
     for name in BENCHES:
         if only and name not in only:
             continue
-        if not os.path.exists(os.path.join(ROOT, "benchmarks", name + ".py")):
+        if not os.path.exists(os.path.join(bench_dir, name + ".py")):
             sections.append({"bench": name, "error": "benchmark module not present"})
             continue
         t0 = time.time()
+        print(f"gpu-check: {_stamp()} {name}: starting (estimate ~{_estimate(name, quick)} s)", flush=True)
         try:
             module = importlib.import_module(name)
-            rows = module.run(device="cuda", quick=quick)
+            extra = _accepted_kwargs(module.run, budget_s=budget_s,
+                                     partial_path=f"{partial_json}.{name}.partial.json" if partial_json else None)
+            rows = module.run(device=device, quick=quick, **extra)
             sections.append({"bench": name, "rows": rows, "seconds": round(time.time() - t0, 1)})
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
-            sections.append({"bench": name, "error": f"{type(exc).__name__}: {exc}"})
-        print(f"gpu-check: {name}: {json.dumps(sections[-1], default=str)[:2000]}", flush=True)
-        if partial_json:  # a run cut short by a time limit still leaves what it measured
-            with open(partial_json, "w", encoding="utf-8") as fh:
-                json.dump(sections, fh, indent=1, default=str)
+            sections.append({"bench": name, "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - t0, 1)})
+        print(f"gpu-check: {_stamp()} {name}: {json.dumps(sections[-1], default=str)[:2000]}", flush=True)
+        _write_json(partial_json, dict(payload or {}, sections=sections, complete=False))
     return sections
+
+
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S UTC")
+
+
+def _estimate(name: str, quick: bool) -> int:
+    if name == "bench_e2e" and not quick:
+        return ESTIMATE_S["bench_e2e_full"]
+    return ESTIMATE_S.get(name, 60)
+
+
+def estimate_lines(run_tests: bool, benches, quick: bool) -> list:
+    """The estimate printed before running: per item, the total, and whether it fits one device call."""
+    items = ([("tests", ESTIMATE_S["tests"])] if run_tests else []) + [(b, _estimate(b, quick)) for b in benches]
+    total = sum(s for _, s in items)
+    lines = ["gpu-check: estimate (rough, H100): " + ", ".join(f"{n} ~{s} s" for n, s in items)
+             + f"; total ~{total} s"]
+    if total > CALL_LIMIT_S * 0.9:
+        lines.append(f"gpu-check: that is over one {CALL_LIMIT_S} s device call: run the parts separately "
+                     f"(`--plan` prints the sequence)")
+    return lines
+
+
+def plan_commands(quick: bool = True, out: str = "$OUT") -> list:
+    """One command per device call, tests first, each estimated under CALL_LIMIT_S."""
+    base = "PYTHONPATH=. python benchmarks/gpu_check.py --wheels .whl"
+    results = f"--results {out}/results.md"
+    lines = [f"# one device call per line ({CALL_LIMIT_S} s each); --wheels only where the host lacks diffusers & co; "
+             "the parity tests need DVG_PARITY_DIR=<the parity folder carried into the tree>",
+             f"DVG_PARITY_DIR=shared/parity {base} --skip-bench --json {out}/tests.json {results}   "
+             f"# ~{ESTIMATE_S['tests']} s"]
+    for name in BENCHES:
+        extra = " --bench-budget-s 400" if name == "bench_e2e" else ""
+        lines.append(f"{base} --skip-tests --only {name}{' --quick' if quick else ''}{extra} --json {out}/{name}.json "
+                     f"{results}   # ~{_estimate(name, quick)} s")
+    return lines
 
 
 def markdown(env: dict, sections: list, test_rc) -> str:
@@ -159,12 +258,31 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter benchmarks")
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"),
                         help="markdown file to append the results section to")
-    parser.add_argument("--json", help="also write the raw results as JSON here")
+    parser.add_argument("--json", help="also write the raw results as JSON here (rewritten after each part)")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--only", nargs="*", help=f"benchmarks to run (default all: {' '.join(BENCHES)})")
+    parser.add_argument("--tests", nargs="*", metavar="FILE",
+                        help="only these GPU test files (names like test_pack.py; default: all of " +
+                             " ".join(sorted({os.path.basename(f.split('::')[0]) for f in GPU_TESTS})) + ")")
+    parser.add_argument("--bench-budget-s", type=float, default=None,
+                        help="wall-clock budget handed to benchmarks that take one (bench_e2e: default 400)")
+    parser.add_argument("--plan", action="store_true",
+                        help=f"print the sequence of commands for {CALL_LIMIT_S} s device calls and exit")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     args = parser.parse_args(argv)
+    if args.only:
+        unknown = [name for name in args.only if name not in BENCHES]
+        if unknown:
+            parser.error(f"--only {unknown} is not a benchmark; allowed: {', '.join(BENCHES)}")
+    if args.tests:
+        try:
+            select_tests(args.tests)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if args.plan:
+        print("\n".join(plan_commands(args.quick)))
+        return 0
     if args.wheels:
         _install_wheels(args.wheels)
     try:
@@ -182,17 +300,26 @@ def main(argv=None) -> int:
         print(f"gpu-check: MISSING {need}")
     if env["triton"] is None:
         return 1
-    test_rc = None if args.skip_tests else run_tests(args.pytest_args)
-    sections = [] if args.skip_bench else run_benchmarks(args.quick, args.json, args.only)
+    benches = [] if args.skip_bench else [b for b in BENCHES if not args.only or b in args.only]
+    for line in estimate_lines(not args.skip_tests, benches, args.quick):
+        print(line, flush=True)
+    payload = {"env": env, "tests_rc": None, "sections": [], "complete": False}
+    test_rc = None
+    if not args.skip_tests:
+        files = select_tests(args.tests) if args.tests else None
+        test_rc = run_tests(args.pytest_args, files)
+        payload["tests_rc"] = test_rc
+        print(f"gpu-check: {_stamp()} tests finished: pytest exit {test_rc}", flush=True)
+        _write_json(args.json, payload)
+    sections = [] if args.skip_bench else run_benchmarks(args.quick, args.json, benches, budget_s=args.bench_budget_s,
+                                                         payload=payload)
     text = markdown(env, sections, test_rc)
     print(text)
-    if not args.skip_bench:
+    if sections or test_rc is not None:
         with open(args.results, "a", encoding="utf-8") as fh:
             fh.write("\n" + text)
         print(f"gpu-check: appended results to {args.results}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"env": env, "tests_rc": test_rc, "sections": sections}, fh, indent=1, default=str)
+    _write_json(args.json, dict(payload, sections=sections, complete=True))
     return 0 if test_rc in (None, 0) else 1
 
 

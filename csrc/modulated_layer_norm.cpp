@@ -1,5 +1,6 @@
-// C++ CPU implementation of the segment-modulated LayerNorm, registered as dvg::_cpp_modulated_layer_norm
-// (the public op dvg::modulated_layer_norm in dvg_engine/ops/layer_norm.py validates and dispatches here).
+// C++ CPU implementation of the segment-modulated LayerNorm, registered as dvg::_cpp_modulated_layer_norm_out
+// (writes into a caller-provided `out`, any row stride) and dvg::_cpp_modulated_layer_norm (a contiguous output,
+// then the same kernel); the public ops in dvg_engine/ops/layer_norm.py validate and dispatch here.
 //
 //   y[r] = (x[r] − mean(x[r])) / sqrt(var(x[r]) + eps) · (1 + scale[seg(r)]) + shift[seg(r)]
 //
@@ -29,7 +30,9 @@
 // fp-contract=off: no fused multiply-adds, so every clone rounds like the torch reference (separate mul, add).
 #define DVG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=off")))
 #define DVG_NATIVE_HALF 1
+#define DVG_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
+#define DVG_ALWAYS_INLINE inline
 #define DVG_SIMD_CLONES
 #define DVG_NATIVE_HALF 0
 #endif
@@ -37,7 +40,9 @@
 namespace {
 
 // Mean and 1/sqrt(biased variance + eps) of one fp32 row, by two passes (no E[x²] − E[x]² cancellation).
-inline void row_stats(const float* row, int64_t dim, float eps, float& mean, float& rstd) {
+// always_inline: GCC does not inline a default-target function into the target_clones below on its own (their
+// arch differs), and the out-of-line copy would run these two passes with baseline SSE2 vectors.
+DVG_ALWAYS_INLINE void row_stats(const float* row, int64_t dim, float eps, float& mean, float& rstd) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < dim; ++j) sum += row[j];
@@ -102,8 +107,8 @@ void ln_row_f16(const half_storage* x, half_storage* y, float* buf, const float*
 
 template <typename scalar_t>
 void modulated_layer_norm_rows(const at::Tensor& x, const int32_t* cu, int64_t batch, const float* one_plus_scale,
-                               const float* shift, double eps, at::Tensor& out) {
-  const int64_t total = x.size(0), dim = x.size(1), stride_row = x.stride(0);
+                               const float* shift, double eps, const at::Tensor& out) {
+  const int64_t total = x.size(0), dim = x.size(1), stride_row = x.stride(0), out_stride_row = out.stride(0);
   const scalar_t* src_base = x.data_ptr<scalar_t>();
   scalar_t* dst_base = out.data_ptr<scalar_t>();
   const float eps_f = static_cast<float>(eps);
@@ -114,7 +119,7 @@ void modulated_layer_norm_rows(const at::Tensor& x, const int32_t* cu, int64_t b
     for (int64_t r = begin; r < end; ++r) {
       while (r >= cu[b + 1]) ++b;
       const scalar_t* src = src_base + r * stride_row;
-      scalar_t* dst = dst_base + r * dim;
+      scalar_t* dst = dst_base + r * out_stride_row;
       const float* g = one_plus_scale + b * dim;
       const float* s = shift + b * dim;
       if constexpr (std::is_same<scalar_t, float>::value) {
@@ -130,24 +135,32 @@ void modulated_layer_norm_rows(const at::Tensor& x, const int32_t* cu, int64_t b
   });
 }
 
-at::Tensor modulated_layer_norm_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& scale,
-                                    const at::Tensor& shift, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.is_cpu(), "dvg::_cpp_modulated_layer_norm: x must be a 2-D CPU tensor (total, D)");
-  TORCH_CHECK(x.size(1) <= 1 || x.stride(1) == 1, "dvg::_cpp_modulated_layer_norm: x needs a contiguous last dim");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-              "dvg::_cpp_modulated_layer_norm: x must be float32, float16 or bfloat16");
-  TORCH_CHECK(cu_seqlens.dtype() == at::kInt && cu_seqlens.dim() == 1 && cu_seqlens.is_contiguous() &&
-                  cu_seqlens.size(0) >= 2,
-              "dvg::_cpp_modulated_layer_norm: cu_seqlens must be a contiguous 1-D int32 tensor (batch+1,)");
+void modulated_layer_norm_out_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& scale,
+                                   const at::Tensor& shift, double eps, const at::Tensor& out) {
+  const char* op = "dvg::_cpp_modulated_layer_norm_out";
+  TORCH_CHECK(x.dim() == 2 && x.is_cpu(), op, ": x must be a 2-D CPU tensor (total, D)");
+  TORCH_CHECK(x.size(1) <= 1 || x.stride(1) == 1, op, ": x needs a contiguous last dim");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32, float16 or bfloat16");
+  TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt && cu_seqlens.dim() == 1 && cu_seqlens.is_contiguous() &&
+                  cu_seqlens.size(0) >= 2 && cu_seqlens.is_cpu(),
+              op, ": cu_seqlens must be a contiguous 1-D CPU int32 tensor (batch+1,)");
   const int64_t batch = cu_seqlens.size(0) - 1, dim = x.size(1);
-  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == batch && scale.size(1) == dim && shift.sizes() == scale.sizes(),
-              "dvg::_cpp_modulated_layer_norm: scale and shift must be (batch, D)");
-  at::Tensor out = at::empty({x.size(0), dim}, x.options());
-  if (x.numel() == 0) return out;
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == batch && scale.size(1) == dim && shift.sizes() == scale.sizes() &&
+                  scale.is_cpu() && shift.is_cpu(),
+              op, ": scale and shift must be CPU tensors of shape (batch, D)");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == dim && out.is_cpu() &&
+                  out.scalar_type() == x.scalar_type() && (dim <= 1 || out.stride(1) == 1),
+              op, ": out must be a CPU tensor of x's shape and dtype with a contiguous last dim");
+  // The kernel finds each row's sample from cu_seqlens: its values must index x's rows (checked here too, so a
+  // call with validate=False in Python cannot read or write out of bounds).
+  const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
+  TORCH_CHECK(cu[0] == 0 && cu[batch] == x.size(0), op, ": cu_seqlens must run from 0 to ", x.size(0));
+  for (int64_t b = 0; b < batch; ++b) TORCH_CHECK(cu[b + 1] >= cu[b], op, ": cu_seqlens must be non-decreasing");
+  if (x.numel() == 0) return;
   // fp32 copies of (1 + scale) and shift: B·D values, converted once instead of once per row.
   at::Tensor one_plus_scale = scale.to(at::kFloat).add(1.0).contiguous();
   at::Tensor shift_f = shift.to(at::kFloat).contiguous();
-  const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
   const float* g = one_plus_scale.data_ptr<float>();
   const float* s = shift_f.data_ptr<float>();
   switch (x.scalar_type()) {
@@ -155,6 +168,13 @@ at::Tensor modulated_layer_norm_cpu(const at::Tensor& x, const at::Tensor& cu_se
     case at::kBFloat16: modulated_layer_norm_rows<at::BFloat16>(x, cu, batch, g, s, eps, out); break;
     default: modulated_layer_norm_rows<at::Half>(x, cu, batch, g, s, eps, out); break;
   }
+}
+
+at::Tensor modulated_layer_norm_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& scale,
+                                    const at::Tensor& shift, double eps) {
+  TORCH_CHECK(x.dim() == 2, "dvg::_cpp_modulated_layer_norm: x must be a 2-D tensor (total, D)");
+  at::Tensor out = at::empty({x.size(0), x.size(1)}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  modulated_layer_norm_out_cpu(x, cu_seqlens, scale, shift, eps, out);
   return out;
 }
 
@@ -162,6 +182,11 @@ at::Tensor modulated_layer_norm_cpu(const at::Tensor& x, const at::Tensor& cu_se
 
 TORCH_LIBRARY_FRAGMENT(dvg, m) {
   m.def("_cpp_modulated_layer_norm(Tensor x, Tensor cu_seqlens, Tensor scale, Tensor shift, float eps) -> Tensor");
+  m.def("_cpp_modulated_layer_norm_out(Tensor x, Tensor cu_seqlens, Tensor scale, Tensor shift, float eps, "
+        "Tensor(a!) out) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(dvg, CPU, m) { m.impl("_cpp_modulated_layer_norm", &modulated_layer_norm_cpu); }
+TORCH_LIBRARY_IMPL(dvg, CPU, m) {
+  m.impl("_cpp_modulated_layer_norm", &modulated_layer_norm_cpu);
+  m.impl("_cpp_modulated_layer_norm_out", &modulated_layer_norm_out_cpu);
+}

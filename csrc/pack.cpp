@@ -1,11 +1,23 @@
 // C++ CPU implementations of the varlen token pack / unpack and the pack with fused HunyuanVideo 3-D RoPE.
-// Text comes padded (B, L, ...) with valid prefixes, or as a stream (N, ...) with cu_text.
-// Registered as private ops dvg::_cpp_pack_tokens, dvg::_cpp_unpack_tokens, dvg::_cpp_pack_qk_rope; the
-// public ops (dvg_engine/ops/pack.py) validate their inputs and dispatch here. Layout and math: see the
-// docstring of dvg_engine/ops/pack.py. Tokens are viewed as (rows, heads, head_dim) with arbitrary token
-// and head strides and a contiguous last dimension; outputs are contiguous.
+// Text comes padded (B, L, ...) with valid prefixes, or as a stream (N, ...) with cu_text. Layout and math: see
+// the docstring of dvg_engine/ops/pack.py.
 //
-// The copy paths move raw bytes (no dtype dispatch), one memcpy per token when its heads are adjacent.
+// Registered as private ops: dvg::_cpp_pack_tokens_out, _cpp_unpack_tokens_out, _cpp_pack_qk_rope_out write
+// into caller-provided outputs; dvg::_cpp_pack_tokens, _cpp_unpack_tokens, _cpp_pack_qk_rope allocate contiguous
+// outputs and run the same kernels. The public ops (dvg_engine/ops/pack.py) validate and dispatch here. Token
+// tensors, inputs and outputs alike, are viewed as (rows, heads, head_dim) with arbitrary token and head strides
+// and a contiguous last dimension.
+//
+// Copy paths (pack, unpack): the op is a list of spans, each a run of consecutive output rows whose sources are
+// consecutive rows of one input (a sample's latent tokens, its valid text) or zeros (unpack's text padding).
+// Where source and destination rows are both dense (token stride = heads · head_dim) a span is one memcpy or
+// memset of its bytes; otherwise one memcpy per row (per head when heads are not adjacent). The output rows are
+// split evenly over the threads and each thread walks the spans it intersects, so both cores stream at the full
+// copy bandwidth however the samples are sized. Raw bytes move, so there is no dtype dispatch.
+//
+// The cu_* (and grid_sizes) values are checked here as well (O(batch), host memory), so a call with
+// validate=False in Python cannot make these kernels read or write out of bounds.
+//
 // The RoPE path builds, per sample, cos/sin of every (axis position, channel pair) once — T·d_t/2 + H·d_h/2
 // + W·d_w/2 values, a few KiB in cache, not a per-token table — then rotates every head of q and k.
 #include <ATen/Parallel.h>
@@ -22,18 +34,19 @@
 
 namespace {
 
+// Byte strides of a token tensor viewed as (rows, heads, head_dim); `leading` = 1 for (rows, [heads,] dim),
+// 2 for (B, rows, [heads,] dim) padded text.
 struct TokenView {
-  const char* data;
-  int64_t stride_tok;   // bytes
-  int64_t stride_head;  // bytes
-  int64_t stride_batch; // bytes (text only)
+  char* data;
+  int64_t stride_tok;
+  int64_t stride_head;
+  int64_t stride_batch;  // padded text only, else 0
 };
 
 TokenView view_of(const at::Tensor& x, int leading) {
-  // leading = 1 for (rows, [heads,] dim), 2 for (B, rows, [heads,] dim)
   const int64_t es = x.element_size();
   TokenView v;
-  v.data = static_cast<const char*>(x.data_ptr());
+  v.data = static_cast<char*>(x.data_ptr());
   v.stride_batch = leading == 2 ? x.stride(0) * es : 0;
   v.stride_tok = x.stride(leading - 1) * es;
   v.stride_head = (x.dim() == leading + 2) ? x.stride(leading) * es : 0;
@@ -42,17 +55,90 @@ TokenView view_of(const at::Tensor& x, int leading) {
 
 int64_t heads_of(const at::Tensor& x, int leading) { return x.dim() == leading + 2 ? x.size(leading) : 1; }
 
-inline void copy_row(char* dst, const char* src, int64_t heads, int64_t row_bytes, int64_t src_head_stride) {
-  if (heads == 1 || src_head_stride == row_bytes) {
+// One token's heads from src to dst; a single memcpy when the heads of both are adjacent.
+inline void copy_row(char* dst, int64_t dst_head, const char* src, int64_t src_head, int64_t heads,
+                     int64_t row_bytes) {
+  if (heads == 1 || (src_head == row_bytes && dst_head == row_bytes)) {
     std::memcpy(dst, src, static_cast<size_t>(heads * row_bytes));
   } else {
-    for (int64_t h = 0; h < heads; ++h) std::memcpy(dst + h * row_bytes, src + h * src_head_stride, row_bytes);
+    for (int64_t h = 0; h < heads; ++h) std::memcpy(dst + h * dst_head, src + h * src_head, row_bytes);
   }
 }
 
-// Sample b with cu[b] <= p < cu[b+1]; empty samples are skipped (upper_bound over cu[1..B]).
-inline int64_t sample_of(const int32_t* cu, int64_t batch, int64_t p) {
-  return static_cast<int64_t>(std::upper_bound(cu + 1, cu + batch + 1, static_cast<int32_t>(p)) - (cu + 1));
+// A run of output rows [begin, end) of the op's row space whose sources are consecutive rows of one input
+// (src = row `begin`'s source) or zeros (src = nullptr); dst = row `begin`'s destination. Byte strides.
+struct Span {
+  int64_t begin, end;
+  char* dst;
+  int64_t dst_tok, dst_head;
+  const char* src;
+  int64_t src_tok, src_head;
+};
+
+inline bool dense(int64_t stride_tok, int64_t stride_head, int64_t heads, int64_t row_bytes) {
+  return (heads == 1 || stride_head == row_bytes) && stride_tok == heads * row_bytes;
+}
+
+void copy_span_rows(const Span& s, int64_t first, int64_t last, int64_t heads, int64_t row_bytes) {
+  const int64_t rows = last - first, skip = first - s.begin, tok_bytes = heads * row_bytes;
+  char* dst = s.dst + skip * s.dst_tok;
+  const bool dst_dense = dense(s.dst_tok, s.dst_head, heads, row_bytes);
+  if (s.src == nullptr) {
+    if (dst_dense) {
+      std::memset(dst, 0, static_cast<size_t>(rows * tok_bytes));
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t h = 0; h < heads; ++h) std::memset(dst + r * s.dst_tok + h * s.dst_head, 0, row_bytes);
+    return;
+  }
+  const char* src = s.src + skip * s.src_tok;
+  if (dst_dense && dense(s.src_tok, s.src_head, heads, row_bytes)) {
+    std::memcpy(dst, src, static_cast<size_t>(rows * tok_bytes));
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    copy_row(dst + r * s.dst_tok, s.dst_head, src + r * s.src_tok, s.src_head, heads, row_bytes);
+}
+
+// Fewer bytes than this per thread and the thread start-up costs more than the copy it would take over.
+constexpr int64_t kMinBytesPerTask = 256 * 1024;
+
+// Spans sorted by `begin`, non-overlapping and covering [0, rows) (empty spans left out).
+void run_spans(const std::vector<Span>& spans, int64_t rows, int64_t heads, int64_t row_bytes) {
+  if (spans.empty() || rows == 0 || heads == 0 || row_bytes == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kMinBytesPerTask / (heads * row_bytes));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    auto it = std::upper_bound(spans.begin(), spans.end(), begin,
+                               [](int64_t row, const Span& s) { return row < s.end; });
+    for (; it != spans.end() && it->begin < end; ++it)
+      copy_span_rows(*it, std::max(begin, it->begin), std::min(end, it->end), heads, row_bytes);
+  });
+}
+
+void check_cu(const at::Tensor& cu, const char* op, const char* name, int64_t batch) {
+  TORCH_CHECK(cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.is_contiguous() && cu.size(0) == batch + 1 &&
+                  cu.is_cpu(),
+              op, ": ", name, " must be a contiguous 1-D CPU int32 tensor of shape (", batch + 1, ",)");
+}
+
+// Prefix sums starting at 0, non-decreasing, ending at `last` (the row count they index).
+void check_prefix_sums(const int32_t* cu, int64_t batch, int64_t last, const char* op, const char* name) {
+  TORCH_CHECK(cu[0] == 0, op, ": ", name, "[0]=", cu[0], " must be 0");
+  for (int64_t b = 0; b < batch; ++b)
+    TORCH_CHECK(cu[b + 1] >= cu[b], op, ": ", name, " must be non-decreasing; ", name, "[", b + 1, "]=", cu[b + 1],
+                " < ", name, "[", b, "]=", cu[b]);
+  TORCH_CHECK(cu[batch] == last, op, ": ", name, "[-1]=", cu[batch], " must equal the row count ", last);
+}
+
+void check_tokens(const at::Tensor& x, int leading, const at::Tensor& like, const char* op, const char* name) {
+  TORCH_CHECK(x.is_cpu() && x.scalar_type() == like.scalar_type() && x.dim() == leading + like.dim() - 1, op, ": ",
+              name, " must be a CPU tensor of ", leading + like.dim() - 1, " dims in ", like.scalar_type());
+  for (int64_t d = 1; d < like.dim(); ++d)
+    TORCH_CHECK(x.size(leading - 1 + d) == like.size(d), op, ": ", name, " has per-token shape ",
+                x.sizes().slice(leading), ", expected ", like.sizes().slice(1));
+  TORCH_CHECK(x.numel() == 0 || x.size(-1) <= 1 || x.stride(-1) == 1, op, ": ", name,
+              " needs a contiguous last dimension");
 }
 
 // Text rows: padded (B, L, ...) -> row j of sample b at b·stride_batch + j·stride_tok; a stream (N, ...) with
@@ -60,7 +146,7 @@ inline int64_t sample_of(const int32_t* cu, int64_t batch, int64_t p) {
 struct TextSource {
   TokenView view;
   const int32_t* cu_text;  // nullptr for padded text
-  const char* row(int64_t b, int64_t j) const {
+  char* row(int64_t b, int64_t j) const {
     const int64_t base = cu_text ? cu_text[b] : 0;
     return view.data + b * view.stride_batch + (base + j) * view.stride_tok;
   }
@@ -71,102 +157,137 @@ TextSource text_source(const at::Tensor& text, const c10::optional<at::Tensor>& 
   return {view_of(text, 2), nullptr};
 }
 
-void check_cu(const at::Tensor& cu, const char* name) {
-  TORCH_CHECK(cu.dtype() == at::kInt && cu.dim() == 1 && cu.is_contiguous() && cu.size(0) >= 2 && cu.is_cpu(),
-              "dvg::_cpp pack: ", name, " must be a contiguous 1-D CPU int32 tensor of shape (batch+1,)");
-}
+// Shared checks of the pack ops: shapes, cu_* values against the row counts, per-sample text counts.
+struct PackLayout {
+  int64_t batch;
+  const int32_t* cu_lat;
+  const int32_t* cu_seq;
+};
 
-at::Tensor pack_tokens_cpu(const at::Tensor& latent, const at::Tensor& text, const at::Tensor& cu_latent,
-                           const at::Tensor& cu_seqlens, int64_t total, const c10::optional<at::Tensor>& cu_text) {
-  check_cu(cu_latent, "cu_latent");
-  check_cu(cu_seqlens, "cu_seqlens");
-  if (cu_text.has_value()) check_cu(*cu_text, "cu_text");
-  TORCH_CHECK(latent.dim() == 2 || latent.dim() == 3, "dvg::_cpp_pack_tokens: latent must be 2-D or 3-D");
-  TORCH_CHECK(text.dim() == latent.dim() + (cu_text.has_value() ? 0 : 1) && text.dtype() == latent.dtype(),
-              "dvg::_cpp_pack_tokens: text must be (B, L, ...) padded or (N, ...) with cu_text, in latent's dtype");
-  std::vector<int64_t> out_shape{total};
-  for (int64_t d = 1; d < latent.dim(); ++d) out_shape.push_back(latent.size(d));
-  at::Tensor out = at::empty(out_shape, latent.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t heads = heads_of(latent, 1);
-  const int64_t row_bytes = latent.size(-1) * latent.element_size();
-  if (total == 0 || heads == 0 || row_bytes == 0) return out;
-  const TokenView lat = view_of(latent, 1);
-  const TextSource txt = text_source(text, cu_text);
+PackLayout check_pack(const char* op, const at::Tensor& latent, const at::Tensor& text, const at::Tensor& cu_latent,
+                      const at::Tensor& cu_seqlens, int64_t total, const c10::optional<at::Tensor>& cu_text,
+                      const at::Tensor& out) {
+  TORCH_CHECK(latent.is_cpu() && (latent.dim() == 2 || latent.dim() == 3), op, ": latent must be a 2-D or 3-D CPU tensor");
+  TORCH_CHECK(latent.numel() == 0 || latent.size(-1) <= 1 || latent.stride(-1) == 1, op,
+              ": latent needs a contiguous last dimension");
+  const bool stream = cu_text.has_value();
+  check_tokens(text, stream ? 1 : 2, latent, op, stream ? "text (a stream with cu_text)" : "text (padded)");
+  check_tokens(out, 1, latent, op, "out");
+  TORCH_CHECK(out.size(0) == total, op, ": out has ", out.size(0), " rows, expected total=", total);
+  const int64_t batch = stream ? cu_text->size(0) - 1 : text.size(0);
+  check_cu(cu_latent, op, "cu_latent", batch);
+  check_cu(cu_seqlens, op, "cu_seqlens", batch);
   const int32_t* cu_lat = cu_latent.data_ptr<int32_t>();
   const int32_t* cu_seq = cu_seqlens.data_ptr<int32_t>();
-  const int64_t batch = cu_seqlens.size(0) - 1;
-  char* dst = static_cast<char*>(out.data_ptr());
-  const int64_t out_tok = heads * row_bytes;
-  at::parallel_for(0, total, 256, [&](int64_t begin, int64_t end) {
-    int64_t b = sample_of(cu_seq, batch, begin);
-    for (int64_t p = begin; p < end; ++p) {
-      while (p >= cu_seq[b + 1]) ++b;
-      const int64_t local = p - cu_seq[b];
-      const int64_t lat_len = cu_lat[b + 1] - cu_lat[b];
-      if (local < lat_len) {
-        copy_row(dst + p * out_tok, lat.data + (cu_lat[b] + local) * lat.stride_tok, heads, row_bytes, lat.stride_head);
-      } else {
-        copy_row(dst + p * out_tok, txt.row(b, local - lat_len), heads, row_bytes, txt.view.stride_head);
-      }
-    }
-  });
-  return out;
+  check_prefix_sums(cu_lat, batch, latent.size(0), op, "cu_latent");
+  check_prefix_sums(cu_seq, batch, total, op, "cu_seqlens");
+  const int32_t* cu_txt = nullptr;
+  if (stream) {
+    check_cu(*cu_text, op, "cu_text", batch);
+    cu_txt = cu_text->data_ptr<int32_t>();
+    check_prefix_sums(cu_txt, batch, text.size(0), op, "cu_text");
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n_txt = (cu_seq[b + 1] - cu_seq[b]) - (cu_lat[b + 1] - cu_lat[b]);
+    const int64_t room = stream ? cu_txt[b + 1] - cu_txt[b] : text.size(1);
+    TORCH_CHECK(n_txt >= 0 && (stream ? n_txt == room : n_txt <= room), op, ": sample ", b, " would get ", n_txt,
+                " text tokens from cu_seqlens - cu_latent; its text holds ", room);
+  }
+  return {batch, cu_lat, cu_seq};
 }
 
-std::tuple<at::Tensor, at::Tensor> unpack_tokens_cpu(const at::Tensor& packed, const at::Tensor& cu_latent,
-                                                     const at::Tensor& cu_seqlens, int64_t total_latent,
-                                                     int64_t text_len, const c10::optional<at::Tensor>& cu_text) {
-  check_cu(cu_latent, "cu_latent");
-  check_cu(cu_seqlens, "cu_seqlens");
-  if (cu_text.has_value()) check_cu(*cu_text, "cu_text");
-  TORCH_CHECK(packed.dim() == 2 || packed.dim() == 3, "dvg::_cpp_unpack_tokens: packed must be 2-D or 3-D");
-  const int64_t batch = cu_seqlens.size(0) - 1;
-  const bool stream = cu_text.has_value();
-  std::vector<int64_t> lat_shape{total_latent}, txt_shape{batch, text_len};
-  if (stream) txt_shape = {text_len};
-  for (int64_t d = 1; d < packed.dim(); ++d) {
-    lat_shape.push_back(packed.size(d));
-    txt_shape.push_back(packed.size(d));
+void pack_tokens_out_cpu(const at::Tensor& latent, const at::Tensor& text, const at::Tensor& cu_latent,
+                         const at::Tensor& cu_seqlens, int64_t total, const c10::optional<at::Tensor>& cu_text,
+                         const at::Tensor& out) {
+  const PackLayout lay = check_pack("dvg::_cpp_pack_tokens_out", latent, text, cu_latent, cu_seqlens, total, cu_text,
+                                    out);
+  const int64_t heads = heads_of(latent, 1);
+  const int64_t row_bytes = latent.size(-1) * latent.element_size();
+  if (total == 0 || heads == 0 || row_bytes == 0) return;
+  const TokenView lat = view_of(latent, 1), dst = view_of(out, 1);
+  const TextSource txt = text_source(text, cu_text);
+  std::vector<Span> spans;
+  spans.reserve(2 * lay.batch);
+  for (int64_t b = 0; b < lay.batch; ++b) {
+    const int64_t seg = lay.cu_seq[b], lat_len = lay.cu_lat[b + 1] - lay.cu_lat[b], seg_end = lay.cu_seq[b + 1];
+    if (lat_len > 0)
+      spans.push_back({seg, seg + lat_len, dst.data + seg * dst.stride_tok, dst.stride_tok, dst.stride_head,
+                       lat.data + lay.cu_lat[b] * lat.stride_tok, lat.stride_tok, lat.stride_head});
+    if (seg_end > seg + lat_len)
+      spans.push_back({seg + lat_len, seg_end, dst.data + (seg + lat_len) * dst.stride_tok, dst.stride_tok,
+                       dst.stride_head, txt.row(b, 0), txt.view.stride_tok, txt.view.stride_head});
   }
-  at::Tensor latent = at::empty(lat_shape, packed.options());
-  at::Tensor text = at::empty(txt_shape, packed.options());
+  run_spans(spans, total, heads, row_bytes);
+}
+
+void unpack_tokens_out_cpu(const at::Tensor& packed, const at::Tensor& cu_latent, const at::Tensor& cu_seqlens,
+                           int64_t total_latent, int64_t text_len, const c10::optional<at::Tensor>& cu_text,
+                           const at::Tensor& latent_out, const at::Tensor& text_out) {
+  const char* op = "dvg::_cpp_unpack_tokens_out";
+  TORCH_CHECK(packed.is_cpu() && (packed.dim() == 2 || packed.dim() == 3), op, ": packed must be a 2-D or 3-D CPU tensor");
+  TORCH_CHECK(packed.numel() == 0 || packed.size(-1) <= 1 || packed.stride(-1) == 1, op,
+              ": packed needs a contiguous last dimension");
+  const bool stream = cu_text.has_value();
+  const int64_t batch = cu_seqlens.size(0) - 1;
+  check_cu(cu_seqlens, op, "cu_seqlens", batch);
+  check_cu(cu_latent, op, "cu_latent", batch);
+  check_tokens(latent_out, 1, packed, op, "latent_out");
+  check_tokens(text_out, stream ? 1 : 2, packed, op, "text_out");
+  TORCH_CHECK(latent_out.size(0) == total_latent, op, ": latent_out has ", latent_out.size(0),
+              " rows, expected total_latent=", total_latent);
+  TORCH_CHECK(stream ? text_out.size(0) == text_len : (text_out.size(0) == batch && text_out.size(1) == text_len), op,
+              ": text_out must be ", stream ? "(text_len, ...)" : "(batch, text_len, ...)", " with text_len=", text_len);
+  const int32_t* cu_lat = cu_latent.data_ptr<int32_t>();
+  const int32_t* cu_seq = cu_seqlens.data_ptr<int32_t>();
+  check_prefix_sums(cu_lat, batch, total_latent, op, "cu_latent");
+  check_prefix_sums(cu_seq, batch, packed.size(0), op, "cu_seqlens");
+  const int32_t* cu_txt = nullptr;
+  if (stream) {
+    check_cu(*cu_text, op, "cu_text", batch);
+    cu_txt = cu_text->data_ptr<int32_t>();
+    check_prefix_sums(cu_txt, batch, text_len, op, "cu_text");
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n_txt = (cu_seq[b + 1] - cu_seq[b]) - (cu_lat[b + 1] - cu_lat[b]);
+    const int64_t room = stream ? cu_txt[b + 1] - cu_txt[b] : text_len;
+    TORCH_CHECK(n_txt >= 0 && (stream ? n_txt == room : n_txt <= room), op, ": sample ", b, " would get ", n_txt,
+                " text tokens from cu_seqlens - cu_latent; its text holds ", room);
+  }
   const int64_t heads = heads_of(packed, 1);
   const int64_t row_bytes = packed.size(-1) * packed.element_size();
   const int64_t rows = total_latent + (stream ? text_len : batch * text_len);
-  const int32_t* cu_txt = stream ? cu_text->data_ptr<int32_t>() : nullptr;
-  if (rows == 0 || heads == 0 || row_bytes == 0) return {latent, text};
-  const TokenView src = view_of(packed, 1);
-  const int32_t* cu_lat = cu_latent.data_ptr<int32_t>();
-  const int32_t* cu_seq = cu_seqlens.data_ptr<int32_t>();
-  char* lat_dst = static_cast<char*>(latent.data_ptr());
-  char* txt_dst = static_cast<char*>(text.data_ptr());
-  const int64_t out_tok = heads * row_bytes;
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      if (r < total_latent) {
-        const int64_t b = sample_of(cu_lat, batch, r);
-        const int64_t p = cu_seq[b] + (r - cu_lat[b]);
-        copy_row(lat_dst + r * out_tok, src.data + p * src.stride_tok, heads, row_bytes, src.stride_head);
-      } else if (stream) {
-        const int64_t t = r - total_latent;
-        const int64_t b = sample_of(cu_txt, batch, t);
-        const int64_t p = cu_seq[b] + (cu_lat[b + 1] - cu_lat[b]) + (t - cu_txt[b]);
-        copy_row(txt_dst + t * out_tok, src.data + p * src.stride_tok, heads, row_bytes, src.stride_head);
-      } else {
-        const int64_t t = r - total_latent;
-        const int64_t b = t / text_len, j = t % text_len;
-        const int64_t lat_len = cu_lat[b + 1] - cu_lat[b];
-        const int64_t valid = (cu_seq[b + 1] - cu_seq[b]) - lat_len;
-        char* dst = txt_dst + t * out_tok;
-        if (j < valid) {
-          copy_row(dst, src.data + (cu_seq[b] + lat_len + j) * src.stride_tok, heads, row_bytes, src.stride_head);
-        } else {
-          std::memset(dst, 0, static_cast<size_t>(out_tok));
-        }
-      }
+  if (rows == 0 || heads == 0 || row_bytes == 0) return;
+  const TokenView src = view_of(packed, 1), lat = view_of(latent_out, 1);
+  const TokenView txt = view_of(text_out, stream ? 1 : 2);
+  // Row space: the total_latent latent rows, then the text rows (stream: total_text; padded: B·text_len, b-major).
+  std::vector<Span> spans;
+  spans.reserve(3 * batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t lat_len = cu_lat[b + 1] - cu_lat[b];
+    if (lat_len > 0)
+      spans.push_back({cu_lat[b], cu_lat[b + 1], lat.data + cu_lat[b] * lat.stride_tok, lat.stride_tok,
+                       lat.stride_head, src.data + cu_seq[b] * src.stride_tok, src.stride_tok, src.stride_head});
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t lat_len = cu_lat[b + 1] - cu_lat[b];
+    const int64_t valid = (cu_seq[b + 1] - cu_seq[b]) - lat_len;
+    const char* text_src = src.data + (cu_seq[b] + lat_len) * src.stride_tok;
+    if (stream) {
+      if (valid > 0)
+        spans.push_back({total_latent + cu_txt[b], total_latent + cu_txt[b + 1], txt.data + cu_txt[b] * txt.stride_tok,
+                         txt.stride_tok, txt.stride_head, text_src, src.stride_tok, src.stride_head});
+      continue;
     }
-  });
-  return {latent, text};
+    const int64_t row0 = total_latent + b * text_len;
+    char* text_dst = txt.data + b * txt.stride_batch;
+    if (valid > 0)
+      spans.push_back({row0, row0 + valid, text_dst, txt.stride_tok, txt.stride_head, text_src, src.stride_tok,
+                       src.stride_head});
+    if (text_len > valid)
+      spans.push_back({row0 + valid, row0 + text_len, text_dst + valid * txt.stride_tok, txt.stride_tok,
+                       txt.stride_head, nullptr, 0, 0});
+  }
+  run_spans(spans, rows, heads, row_bytes);
 }
 
 // One head's rotation, on raw storage so the loops vectorise; compiled for AVX-512, AVX2 (+F16C) and baseline
@@ -226,12 +347,12 @@ void rotate_f16(half_storage* y, const half_storage* x, int64_t half, const floa
 }
 
 template <typename scalar_t>
-void rotate_heads(scalar_t* dst, const scalar_t* src, int64_t heads, int64_t head_dim, int64_t src_head_stride,
-                  const float* cos, const float* sin) {
+void rotate_heads(scalar_t* dst, int64_t dst_head_stride, const scalar_t* src, int64_t src_head_stride,
+                  int64_t heads, int64_t head_dim, const float* cos, const float* sin) {
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < heads; ++h) {
     const scalar_t* x = src + h * src_head_stride;
-    scalar_t* y = dst + h * head_dim;
+    scalar_t* y = dst + h * dst_head_stride;
     if constexpr (std::is_same<scalar_t, float>::value) {
       rotate_f32(y, x, half, cos, sin);
     } else if constexpr (std::is_same<scalar_t, at::BFloat16>::value) {
@@ -242,32 +363,35 @@ void rotate_heads(scalar_t* dst, const scalar_t* src, int64_t heads, int64_t hea
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent,
-                                                    const at::Tensor& q_text, const at::Tensor& k_text,
-                                                    const at::Tensor& cu_latent, const at::Tensor& cu_seqlens,
-                                                    const at::Tensor& grid_sizes, const at::Tensor& inv_freq,
-                                                    at::IntArrayRef rope_axes_dim, int64_t total,
-                                                    const c10::optional<at::Tensor>& cu_text) {
-  check_cu(cu_latent, "cu_latent");
-  check_cu(cu_seqlens, "cu_seqlens");
-  if (cu_text.has_value()) check_cu(*cu_text, "cu_text");
-  TORCH_CHECK(q_latent.dim() == 3 && k_latent.sizes() == q_latent.sizes() &&
-                  q_text.dim() == (cu_text.has_value() ? 3 : 4) && k_text.sizes() == q_text.sizes(),
-              "dvg::_cpp_pack_qk_rope: q/k_latent must be (total_latent, heads, head_dim), q/k_text (B, L, heads, "
-              "head_dim) or with cu_text (total_text, heads, head_dim)");
+void pack_qk_rope_out_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent, const at::Tensor& q_text,
+                          const at::Tensor& k_text, const at::Tensor& cu_latent, const at::Tensor& cu_seqlens,
+                          const at::Tensor& grid_sizes, const at::Tensor& inv_freq, at::IntArrayRef rope_axes_dim,
+                          int64_t total, const c10::optional<at::Tensor>& cu_text, const at::Tensor& q_out,
+                          const at::Tensor& k_out) {
+  const char* op = "dvg::_cpp_pack_qk_rope_out";
+  TORCH_CHECK(q_latent.dim() == 3 && k_latent.sizes() == q_latent.sizes(), op,
+              ": q/k_latent must be (total_latent, heads, head_dim) of one shape");
+  TORCH_CHECK(q_latent.scalar_type() == at::kFloat || q_latent.scalar_type() == at::kHalf ||
+                  q_latent.scalar_type() == at::kBFloat16,
+              op, ": q/k must be float32, float16 or bfloat16");
+  const PackLayout lay = check_pack(op, q_latent, q_text, cu_latent, cu_seqlens, total, cu_text, q_out);
+  check_pack(op, k_latent, k_text, cu_latent, cu_seqlens, total, cu_text, k_out);
   TORCH_CHECK(rope_axes_dim.size() == 3 && rope_axes_dim[0] + rope_axes_dim[1] + rope_axes_dim[2] == q_latent.size(2),
-              "dvg::_cpp_pack_qk_rope: rope_axes_dim must be three ints summing to head_dim");
-  TORCH_CHECK(grid_sizes.dtype() == at::kInt && grid_sizes.is_contiguous() && inv_freq.dtype() == at::kFloat &&
-                  inv_freq.is_contiguous(),
-              "dvg::_cpp_pack_qk_rope: grid_sizes must be contiguous int32, inv_freq contiguous float32");
-  const int64_t heads = q_latent.size(1), head_dim = q_latent.size(2), half = head_dim / 2;
-  at::Tensor q_out = at::empty({total, heads, head_dim}, q_latent.options());
-  at::Tensor k_out = at::empty({total, heads, head_dim}, q_latent.options());
-  if (total == 0 || heads == 0 || head_dim == 0) return {q_out, k_out};
-  const int64_t batch = cu_seqlens.size(0) - 1;
-  const int32_t* cu_lat = cu_latent.data_ptr<int32_t>();
-  const int32_t* cu_seq = cu_seqlens.data_ptr<int32_t>();
+              op, ": rope_axes_dim must be three ints summing to head_dim");
+  const int64_t batch = lay.batch;
+  TORCH_CHECK(grid_sizes.scalar_type() == at::kInt && grid_sizes.is_contiguous() && grid_sizes.dim() == 2 &&
+                  grid_sizes.size(0) == batch && grid_sizes.size(1) == 3 && inv_freq.scalar_type() == at::kFloat &&
+                  inv_freq.is_contiguous() && inv_freq.numel() == q_latent.size(2) / 2,
+              op, ": grid_sizes must be contiguous int32 (batch, 3), inv_freq contiguous float32 (head_dim / 2,)");
+  const int32_t* cu_lat = lay.cu_lat;
+  const int32_t* cu_seq = lay.cu_seq;
   const int32_t* grid = grid_sizes.data_ptr<int32_t>();
+  for (int64_t b = 0; b < batch; ++b)
+    TORCH_CHECK(grid[b * 3] >= 0 && grid[b * 3 + 1] >= 0 && grid[b * 3 + 2] >= 0 &&
+                    static_cast<int64_t>(grid[b * 3]) * grid[b * 3 + 1] * grid[b * 3 + 2] == cu_lat[b + 1] - cu_lat[b],
+                op, ": grid_sizes of sample ", b, " must multiply to its ", cu_lat[b + 1] - cu_lat[b], " latent tokens");
+  const int64_t heads = q_latent.size(1), head_dim = q_latent.size(2), half = head_dim / 2;
+  if (total == 0 || heads == 0 || head_dim == 0) return;
   const float* inv = inv_freq.data_ptr<float>();
   const int64_t pairs[3] = {rope_axes_dim[0] / 2, rope_axes_dim[1] / 2, rope_axes_dim[2] / 2};
   const int64_t pair_offset[3] = {0, pairs[0], pairs[0] + pairs[1]};
@@ -276,12 +400,12 @@ std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, 
   std::vector<int64_t> table_offset(batch * 3 + 1, 0);
   for (int64_t b = 0; b < batch; ++b)
     for (int a = 0; a < 3; ++a)
-      table_offset[b * 3 + a + 1] = table_offset[b * 3 + a] + static_cast<int64_t>(std::max(grid[b * 3 + a], 0)) * pairs[a];
+      table_offset[b * 3 + a + 1] = table_offset[b * 3 + a] + static_cast<int64_t>(grid[b * 3 + a]) * pairs[a];
   std::vector<float> cos_table(table_offset.back()), sin_table(table_offset.back());
   at::parallel_for(0, batch * 3, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ba = begin; ba < end; ++ba) {
       const int a = static_cast<int>(ba % 3);
-      const int64_t n = std::max(grid[ba], 0);
+      const int64_t n = grid[ba];
       float* c = cos_table.data() + table_offset[ba];
       float* s = sin_table.data() + table_offset[ba];
       for (int64_t pos = 0; pos < n; ++pos)
@@ -297,24 +421,21 @@ std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, 
   const int64_t row_bytes = head_dim * es;
   const TokenView latents[2] = {view_of(q_latent, 1), view_of(k_latent, 1)};
   const TextSource texts[2] = {text_source(q_text, cu_text), text_source(k_text, cu_text)};
-  TORCH_CHECK(q_latent.scalar_type() == at::kFloat || q_latent.scalar_type() == at::kHalf ||
-                  q_latent.scalar_type() == at::kBFloat16,
-              "dvg::_cpp_pack_qk_rope: q/k must be float32, float16 or bfloat16");
+  const TokenView outs[2] = {view_of(q_out, 1), view_of(k_out, 1)};
   auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
-    scalar_t* outs[2] = {q_out.data_ptr<scalar_t>(), k_out.data_ptr<scalar_t>()};
     at::parallel_for(0, total, 64, [&](int64_t begin, int64_t end) {
       std::vector<float> cos(half), sin(half);
-      int64_t b = sample_of(cu_seq, batch, begin);
+      int64_t b = static_cast<int64_t>(std::upper_bound(cu_seq + 1, cu_seq + batch + 1, static_cast<int32_t>(begin)) -
+                                       (cu_seq + 1));
       for (int64_t p = begin; p < end; ++p) {
         while (p >= cu_seq[b + 1]) ++b;
         const int64_t local = p - cu_seq[b];
         const int64_t lat_len = cu_lat[b + 1] - cu_lat[b];
         if (local >= lat_len) {
-          for (int t = 0; t < 2; ++t) {
-            copy_row(reinterpret_cast<char*>(outs[t] + p * heads * head_dim), texts[t].row(b, local - lat_len), heads,
-                     row_bytes, texts[t].view.stride_head);
-          }
+          for (int t = 0; t < 2; ++t)
+            copy_row(outs[t].data + p * outs[t].stride_tok, outs[t].stride_head, texts[t].row(b, local - lat_len),
+                     texts[t].view.stride_head, heads, row_bytes);
           continue;
         }
         const int64_t gh = grid[b * 3 + 1], gw = grid[b * 3 + 2];
@@ -326,9 +447,10 @@ std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, 
         }
         for (int t = 0; t < 2; ++t) {
           const TokenView& lat = latents[t];
-          rotate_heads<scalar_t>(outs[t] + p * heads * head_dim,
+          rotate_heads<scalar_t>(reinterpret_cast<scalar_t*>(outs[t].data + p * outs[t].stride_tok),
+                                 outs[t].stride_head / es,
                                  reinterpret_cast<const scalar_t*>(lat.data + (cu_lat[b] + local) * lat.stride_tok),
-                                 heads, head_dim, lat.stride_head / es, cos.data(), sin.data());
+                                 lat.stride_head / es, heads, head_dim, cos.data(), sin.data());
         }
       }
     });
@@ -338,6 +460,43 @@ std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, 
     case at::kBFloat16: run(at::BFloat16{}); break;
     default: run(at::Half{}); break;
   }
+}
+
+// Allocating entry points: a contiguous output, then the out kernels above (one kernel per op).
+std::vector<int64_t> token_shape(int64_t rows, const at::Tensor& like) {
+  std::vector<int64_t> shape{rows};
+  for (int64_t d = 1; d < like.dim(); ++d) shape.push_back(like.size(d));
+  return shape;
+}
+
+at::Tensor pack_tokens_cpu(const at::Tensor& latent, const at::Tensor& text, const at::Tensor& cu_latent,
+                           const at::Tensor& cu_seqlens, int64_t total, const c10::optional<at::Tensor>& cu_text) {
+  at::Tensor out = at::empty(token_shape(total, latent), latent.options());
+  pack_tokens_out_cpu(latent, text, cu_latent, cu_seqlens, total, cu_text, out);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> unpack_tokens_cpu(const at::Tensor& packed, const at::Tensor& cu_latent,
+                                                     const at::Tensor& cu_seqlens, int64_t total_latent,
+                                                     int64_t text_len, const c10::optional<at::Tensor>& cu_text) {
+  std::vector<int64_t> text_shape = token_shape(text_len, packed);
+  if (!cu_text.has_value()) text_shape.insert(text_shape.begin(), cu_seqlens.size(0) - 1);
+  at::Tensor latent = at::empty(token_shape(total_latent, packed), packed.options());
+  at::Tensor text = at::empty(text_shape, packed.options());
+  unpack_tokens_out_cpu(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent, text);
+  return {latent, text};
+}
+
+std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent,
+                                                    const at::Tensor& q_text, const at::Tensor& k_text,
+                                                    const at::Tensor& cu_latent, const at::Tensor& cu_seqlens,
+                                                    const at::Tensor& grid_sizes, const at::Tensor& inv_freq,
+                                                    at::IntArrayRef rope_axes_dim, int64_t total,
+                                                    const c10::optional<at::Tensor>& cu_text) {
+  at::Tensor q_out = at::empty(token_shape(total, q_latent), q_latent.options());
+  at::Tensor k_out = at::empty(token_shape(total, q_latent), q_latent.options());
+  pack_qk_rope_out_cpu(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim,
+                       total, cu_text, q_out, k_out);
   return {q_out, k_out};
 }
 
@@ -351,10 +510,20 @@ TORCH_LIBRARY_FRAGMENT(dvg, m) {
   m.def("_cpp_pack_qk_rope(Tensor q_latent, Tensor k_latent, Tensor q_text, Tensor k_text, Tensor cu_latent, "
         "Tensor cu_seqlens, Tensor grid_sizes, Tensor inv_freq, int[] rope_axes_dim, int total, Tensor? cu_text) "
         "-> (Tensor, Tensor)");
+  m.def("_cpp_pack_tokens_out(Tensor latent, Tensor text, Tensor cu_latent, Tensor cu_seqlens, int total, "
+        "Tensor? cu_text, Tensor(a!) out) -> ()");
+  m.def("_cpp_unpack_tokens_out(Tensor packed, Tensor cu_latent, Tensor cu_seqlens, int total_latent, int text_len, "
+        "Tensor? cu_text, Tensor(a!) latent_out, Tensor(b!) text_out) -> ()");
+  m.def("_cpp_pack_qk_rope_out(Tensor q_latent, Tensor k_latent, Tensor q_text, Tensor k_text, Tensor cu_latent, "
+        "Tensor cu_seqlens, Tensor grid_sizes, Tensor inv_freq, int[] rope_axes_dim, int total, Tensor? cu_text, "
+        "Tensor(a!) q_out, Tensor(b!) k_out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dvg, CPU, m) {
   m.impl("_cpp_pack_tokens", &pack_tokens_cpu);
   m.impl("_cpp_unpack_tokens", &unpack_tokens_cpu);
   m.impl("_cpp_pack_qk_rope", &pack_qk_rope_cpu);
+  m.impl("_cpp_pack_tokens_out", &pack_tokens_out_cpu);
+  m.impl("_cpp_unpack_tokens_out", &unpack_tokens_out_cpu);
+  m.impl("_cpp_pack_qk_rope_out", &pack_qk_rope_out_cpu);
 }

@@ -26,8 +26,13 @@ PROG = "dvg"
 
 SUPPORTED_PIPELINES = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideo15Pipeline",
                        "HunyuanVideo15ImageToVideoPipeline")
-# `--model tiny` / `tiny-1.5` select the embedded random-weight pipelines of `dvg_engine.tiny` (no download).
-EMBEDDED_MODELS = {"tiny": "HunyuanVideoPipeline", "tiny-1.5": "HunyuanVideo15Pipeline"}
+# `--model tiny`, `tiny-i2v`, `tiny-1.5`, `tiny-1.5-i2v` select the embedded random-weight pipelines of
+# `dvg_engine.tiny` (no download): CLI name -> (pipeline class, dvg_engine.tiny model name).
+EMBEDDED = {"tiny": ("HunyuanVideoPipeline", "hunyuan-video"),
+            "tiny-i2v": ("HunyuanVideoImageToVideoPipeline", "hunyuan-video-i2v"),
+            "tiny-1.5": ("HunyuanVideo15Pipeline", "hunyuan-video-1.5"),
+            "tiny-1.5-i2v": ("HunyuanVideo15ImageToVideoPipeline", "hunyuan-video-1.5-i2v")}
+EMBEDDED_MODELS = {name: cls for name, (cls, _) in EMBEDDED.items()}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -136,6 +141,8 @@ def _add_demo(sub) -> None:
                    help="op implementation (default %(default)s; also DVG_BACKEND)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--image", metavar="PATH", help="a start image: run the embedded tiny HunyuanVideo image-to-video "
+                                                  "pipeline (Llava prompt encoder) instead of text-to-video")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _common(p)
 
@@ -145,11 +152,11 @@ def _add_generate(sub) -> None:
                        description="Load a HunyuanVideo / HunyuanVideo-1.5 pipeline (T2V or I2V) with "
                                    "DiffusionPipeline.from_pretrained (a Hub id or a local folder; HF_HUB_OFFLINE=1 "
                                    "uses only the local cache), compile it with DVG, generate, and write the video. "
-                                   "--model tiny (HunyuanVideo) or tiny-1.5 (HunyuanVideo-1.5) uses an embedded "
-                                   "random-weight pipeline (no download).")
+                                   "--model tiny / tiny-i2v (HunyuanVideo T2V / I2V) or tiny-1.5 / tiny-1.5-i2v "
+                                   "(HunyuanVideo-1.5) uses an embedded random-weight pipeline (no download).")
     p.add_argument("--model", required=True, metavar="ID_OR_PATH",
-                   help="Hub id (e.g. hunyuanvideo-community/HunyuanVideo), a local pipeline folder, or 'tiny' / "
-                        "'tiny-1.5' (embedded random-weight pipelines)")
+                   help="Hub id (e.g. hunyuanvideo-community/HunyuanVideo), a local pipeline folder, or one of "
+                        + ", ".join(EMBEDDED) + " (embedded random-weight pipelines)")
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt (repeat for a batch)")
     p.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt (HunyuanVideo: used with "
                                                              "--true-cfg-scale > 1; HunyuanVideo-1.5: its CFG)")
@@ -245,9 +252,11 @@ def _cmd_demo(args) -> int:
         raise UsageError(f"argument --budget: {_one_line(exc)}") from None
     except ValueError as exc:
         raise UsageError(f"argument --steps: {_one_line(exc)}" if "steps" in str(exc) else _one_line(exc)) from None
+    if args.image is not None and not pathlib.Path(args.image).is_file():
+        raise UsageError(f"argument --image: {args.image!r} does not exist; allowed: an image file")
     demo.run_demo(out_dir=args.out, budget=args.budget, steps=args.steps, seed=args.seed, height=args.height,
                   width=args.width, frames=args.frames, prompts=args.prompt, backend=args.backend,
-                  threads=args.threads, progress=not args.no_progress)
+                  threads=args.threads, progress=not args.no_progress, image=args.image)
     return 0
 
 
@@ -393,6 +402,18 @@ def _call_kwargs(pipe, args, batch: int, image) -> Dict[str, Any]:
         kwargs[name] = value
     if image is not None:
         kwargs["image"] = image
+        if type(pipe).__name__ == "HunyuanVideoImageToVideoPipeline" and batch > 1:
+            # diffusers' HunyuanVideo I2V encodes the image inside the prompt (Llava) once per image and never
+            # repeats its embeddings per video: several prompts with one image, or num_videos_per_prompt > 1,
+            # fail inside the pipeline. One (prompt, image) pair per video gives the same batch, in the same
+            # prompt-major order as num_videos_per_prompt.
+            if args.negative_prompt is not None and (args.true_cfg_scale or 1.0) > 1.0:
+                raise UsageError(f"argument --negative-prompt: {type(pipe).__name__} encodes its negative prompt "
+                                 f"with one black image, so true CFG works for one video per call; allowed: one "
+                                 f"--prompt and --num-videos 1 with --negative-prompt and --true-cfg-scale > 1")
+            kwargs["prompt"] = [p for p in args.prompt for _ in range(args.num_videos)]
+            kwargs["image"] = [image] * batch
+            kwargs["num_videos_per_prompt"] = 1
     # One CPU generator per video: the same seeds give the same stage-0 noise on any device.
     kwargs["generator"] = [torch.Generator("cpu").manual_seed(args.seed + i) for i in range(batch)]
     return kwargs
@@ -463,8 +484,7 @@ def _cmd_generate(args) -> int:
     _status(f"loading {args.model} ({dtype}, {device}) ...")
     if embedded:
         from . import tiny
-        builder = tiny.tiny_hunyuan_video_pipeline if args.model == "tiny" else tiny.tiny_hunyuan_video15_pipeline
-        pipe = builder(dtype=dtype)
+        pipe = tiny.build_tiny_pipeline(EMBEDDED[args.model][1], dtype=dtype)
     else:
         import warnings
         from diffusers import DiffusionPipeline

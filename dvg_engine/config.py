@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 REFERENCE_NOISE_SEED = 12345
 REFERENCE_STAGE_SHIFTS: Tuple[float, float, float, float] = (7.0, 9.0, 11.0, 11.0)
@@ -50,7 +50,11 @@ class DVGConfig:
     backend: str = "auto"
     allow_fewer_stages: bool = False
     validate_inputs: bool = True
-    compile_blocks: bool = False
+    # False: eager blocks. True: `torch.compile` with its defaults. A dict: `torch.compile` keyword arguments
+    # (keys COMPILE_BLOCKS_KEYS, e.g. {"backend": "aot_eager"} or {"mode": "max-autotune"}). Always with
+    # dynamic=False: one graph per stage shape, none per step; recompile_limit defaults to 64 where torch
+    # supports it (see `engine._compiled_blocks`).
+    compile_blocks: Union[bool, Dict[str, Any]] = False
     round_num_frames: bool = False
     plan: Optional[Any] = None
 
@@ -72,9 +76,14 @@ class DVGConfig:
         if len(shifts) != 4 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in shifts):
             raise ValueError(f"DVGConfig.stage_shifts={self.stage_shifts!r} is invalid; allowed: four positive numbers")
         self.stage_shifts = tuple(float(s) for s in shifts)
-        for name in ("enabled", "allow_fewer_stages", "validate_inputs", "compile_blocks", "round_num_frames"):
+        for name in ("enabled", "allow_fewer_stages", "validate_inputs", "round_num_frames"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DVGConfig.{name}={getattr(self, name)!r} is not a bool; allowed: True or False")
+        if isinstance(self.compile_blocks, dict):
+            self.compile_blocks = _check_compile_kwargs(self.compile_blocks)
+        elif not isinstance(self.compile_blocks, bool):
+            raise ValueError(f"DVGConfig.compile_blocks={self.compile_blocks!r} is invalid; allowed: True, False, or a "
+                             f"dict of torch.compile keyword arguments with keys in {list(COMPILE_BLOCKS_KEYS)}")
         return self
 
     def replace(self, **overrides: Any) -> "DVGConfig":
@@ -85,8 +94,60 @@ class DVGConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
+        # a compile backend may be any callable: described by name, so the dict stays JSON (reports embed it)
+        out = dataclasses.asdict(dataclasses.replace(self, compile_blocks=False))
+        out["compile_blocks"] = self.compile_blocks if isinstance(self.compile_blocks, bool) else {
+            key: _json_or_name(value) for key, value in self.compile_blocks.items()}
         out["stage_shifts"] = list(self.stage_shifts)
         if self.plan is not None and not isinstance(self.plan, (dict, list, str, int, float)):
             out["plan"] = repr(self.plan)
         return out
+
+
+# torch.compile's keyword arguments that `compile_blocks` passes through (recompile_limit: recent torch releases
+# only; the engine says so when it is missing). `dynamic` is not among them: the engine fixes dynamic=False so
+# that each stage shape compiles once and no step recompiles.
+COMPILE_BLOCKS_KEYS = ("backend", "mode", "options", "fullgraph", "disable", "recompile_limit")
+
+
+def _check_compile_kwargs(kwargs: dict) -> dict:
+    name = "DVGConfig.compile_blocks"
+    for key in kwargs:
+        if key == "dynamic":
+            raise ValueError(f"{name}={kwargs!r} sets 'dynamic'; allowed keys: {list(COMPILE_BLOCKS_KEYS)} (the "
+                             f"engine compiles with dynamic=False: one graph per stage shape, none per step)")
+        if key not in COMPILE_BLOCKS_KEYS:
+            raise ValueError(f"{name} has the unknown key {key!r}; allowed keys: {list(COMPILE_BLOCKS_KEYS)} "
+                             f"(torch.compile keyword arguments)")
+    backend = kwargs.get("backend")
+    if backend is not None and not (isinstance(backend, str) or callable(backend)):
+        raise ValueError(f"{name}['backend']={backend!r} is invalid; allowed: a backend name such as 'inductor', "
+                         f"'aot_eager' or 'eager', or a callable (gm, example_inputs) -> callable")
+    mode = kwargs.get("mode")
+    if mode is not None and not isinstance(mode, str):
+        raise ValueError(f"{name}['mode']={mode!r} is invalid; allowed: None or a mode name such as "
+                         f"'reduce-overhead' or 'max-autotune'")
+    options = kwargs.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"{name}['options']={options!r} is invalid; allowed: None or a dict of backend options")
+    if mode is not None and options is not None:
+        raise ValueError(f"{name}={kwargs!r} sets both 'mode' and 'options'; allowed: one of them (torch.compile "
+                         f"accepts only one)")
+    for key in ("fullgraph", "disable"):
+        if key in kwargs and not isinstance(kwargs[key], bool):
+            raise ValueError(f"{name}[{key!r}]={kwargs[key]!r} is not a bool; allowed: True or False")
+    limit = kwargs.get("recompile_limit")
+    if "recompile_limit" in kwargs and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{name}['recompile_limit']={limit!r} is invalid; allowed: a positive int (graphs kept per "
+                         f"block code object: about 3 per stage shape)")
+    return dict(kwargs)
+
+
+def _json_or_name(value: Any) -> Any:
+    import json
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        target = value if hasattr(value, "__qualname__") else type(value)  # a function or class, else its class
+        return f"{target.__module__}.{target.__qualname__}"

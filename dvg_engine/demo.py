@@ -13,6 +13,9 @@ Timing: wall time of each whole pipeline call (prompt encoding, denoising, VAE d
 the time spent inside the transformer (forward hooks), which is what DVG shrinks. Both runs see the
 same machine one after the other; on a loaded machine the ratio is the number to read.
 
+With `image=` the embedded tiny HunyuanVideo image-to-video pipeline runs instead (its Llava prompt encoder
+sees the image; every prompt starts from the same image).
+
 The model has random weights, so the videos show the mechanics (sizes, stages, timing), not image quality.
 """
 from __future__ import annotations
@@ -85,20 +88,21 @@ def _check_inputs(budget: float, steps: int, height: int, width: int, frames: in
 def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, steps: int = DEFAULT_STEPS,
              seed: int = 0, height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH, frames: int = DEFAULT_FRAMES,
              prompts: Optional[Sequence[str]] = None, backend: str = "auto", threads: Optional[int] = None,
-             progress: bool = True, fps: float = DEFAULT_FPS, stream=None) -> Dict[str, Any]:
+             progress: bool = True, fps: float = DEFAULT_FPS, stream=None, image=None) -> Dict[str, Any]:
     """Run the demo and write its outputs into `out_dir`; returns the report (also in report.json).
 
     prompts: default two built-in prompts; video i uses a generator seeded `seed + i`, in both runs.
+    image: None (text-to-video), or a start image (a path or a PIL image) for the tiny HunyuanVideo
+    image-to-video pipeline (latent_concat: the pipeline drops the 4 frames decoded from the image frame).
     Raises ValueError (planner.InfeasibleBudgetError for a budget with no feasible plan) before any
     model is built.
     """
     import torch
 
-    from . import planner
     from ._checks import check_choice, check_int
     from .cli import to_jsonable, write_json
     from .plots import plot_plan
-    from .tiny import tiny_hunyuan_video_pipeline
+    from .tiny import tiny_hunyuan_video_i2v_pipeline, tiny_hunyuan_video_pipeline
     from .video import tile_videos, write_compare, write_video
 
     stream = stream or sys.stdout
@@ -108,6 +112,17 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
     seed = check_int("seed", seed, minimum=0)
     check_choice("backend", backend, ("auto", "torch", "triton", "cpp"))
     _check_inputs(budget, steps, height, width, frames)
+    image_label = None
+    if image is not None:
+        from PIL import Image
+        if isinstance(image, (str, pathlib.Path)):
+            if not pathlib.Path(image).is_file():
+                raise ValueError(f"image={str(image)!r} does not exist; allowed: an image file or a PIL image")
+            image_label, image = str(image), Image.open(image).convert("RGB")
+        elif isinstance(image, Image.Image):
+            image_label, image = "PIL image", image.convert("RGB")
+        else:
+            raise ValueError(f"image={image!r} is invalid; allowed: None, an image file path or a PIL image")
     if threads is not None:
         torch.set_num_threads(check_int("threads", threads, minimum=1))
     out = pathlib.Path(out_dir)
@@ -116,11 +131,12 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
     def say(text: str) -> None:
         print(text, file=stream, flush=True)
 
-    say(f"dvg demo: embedded tiny HunyuanVideo, {len(prompts)} prompts, {width}x{height} px, {frames} frames, "
+    kind = "HunyuanVideo" if image is None else "HunyuanVideo image-to-video"
+    say(f"dvg demo: embedded tiny {kind}, {len(prompts)} prompts, {width}x{height} px, {frames} frames, "
         f"{steps} steps, budget {budget}, {torch.get_num_threads()} CPU threads")
     say(f"note: {RANDOM_WEIGHTS_NOTE}")
     build_start = time.perf_counter()
-    pipe = tiny_hunyuan_video_pipeline(seed=0)
+    pipe = tiny_hunyuan_video_pipeline(seed=0) if image is None else tiny_hunyuan_video_i2v_pipeline(seed=0)
     say(f"[1/4] built the pipeline from configs in {time.perf_counter() - build_start:.1f} s "
         f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.1f} M transformer parameters, "
         f"{pipe.transformer.config.num_attention_heads} heads x {pipe.transformer.config.attention_head_dim})")
@@ -131,8 +147,10 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
         timer.reset()
         start, cpu_start = time.perf_counter(), time.process_time()
+        # HunyuanVideo I2V's Llava encodes one image per prompt (it cannot share one image across prompts)
+        conditioning = {} if image is None else {"image": [image] * len(prompts)}
         output = pipe(prompt=prompts, height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                      generator=generators, output_type="np")
+                      generator=generators, output_type="np", **conditioning)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         return output.frames, {"wall": wall, "cpu": cpu, "transformer": timer.total, "transformer_calls": timer.calls}
 
@@ -172,7 +190,7 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
         "note": RANDOM_WEIGHTS_NOTE,
         "settings": {"budget": budget, "steps": steps, "seed": seed, "height": height, "width": width,
                      "frames": frames, "prompts": prompts, "backend": backend, "threads": torch.get_num_threads(),
-                     "model": "embedded tiny HunyuanVideo (random weights)",
+                     "model": f"embedded tiny {kind} (random weights)", "image": image_label,
                      "transformer": {k: pipe.transformer.config[k] for k in (
                          "num_attention_heads", "attention_head_dim", "num_layers", "num_single_layers")}},
         "samples": samples,

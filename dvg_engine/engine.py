@@ -14,7 +14,8 @@ How it attaches (no global monkey-patching):
   a DVG call the wrappers call the originals, so a transformer shared via `from_pipe` is unaffected;
   `restore()` puts the very same original processor objects back;
 * during a call only: the transformer's RoPE module is wrapped by a per-shape cache, and with
-  `compile_blocks=True` its blocks run through `torch.compile` (one graph per stage shape).
+  `compile_blocks` (True or torch.compile keyword arguments) its blocks run through `torch.compile` (one graph
+  per stage shape and block class).
 
 The denoising loop (dvg-spec.md §12): prompts are encoded and stage-0 noise drawn with the pipeline's
 own methods (the noise at the stage-0 shape, from the user's generator); each step runs the model on the
@@ -28,9 +29,11 @@ Attention always runs through the packed varlen path (`torch.ops.dvg.varlen_atte
 padding and masked tokens. Samples whose plans coincide share one batched transformer forward. Samples
 whose stage shapes differ run, per condition, in *one* packed forward for the whole batch
 (`processors.PackedHunyuanVideoForward` / `PackedHunyuanVideo15Forward`: per-sample AdaLN modulation per
-segment through `torch.ops.dvg.modulated_layer_norm`, one varlen attention call per layer) — except with
-cache/offload hooks, token_replace conditioning or `attention_kwargs`, where each plan group runs the
-transformer's own forward instead.
+segment through `torch.ops.dvg.modulated_layer_norm` — two segments per sample under HunyuanVideo I2V's
+token_replace, frame 0 and the rest —, one varlen attention call per layer; a LoRA `scale` in
+`attention_kwargs` is applied around it as the transformer's own forward does) — except with diffusers'
+cache hooks or accelerate's offload hooks, which wrap the modules' own forward methods: there each plan group
+runs the transformer's own forward instead.
 
 `callback_on_step_end` (HunyuanVideo pipelines) receives `latents` at the *current stage's* shape, so
 its shape changes at the transition steps; when the samples of a batch follow different plans it
@@ -45,6 +48,7 @@ reordering; the packed forward avoids them).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -173,6 +177,23 @@ def _has_forward_hooks(transformer) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _lora_scale(transformer, attention_kwargs: Optional[Dict[str, Any]]):
+    """What the transformers' own forward does with `attention_kwargs` (diffusers' `apply_lora_scale`), for the
+    packed forward that bypasses it: its "scale" scales the PEFT LoRA layers for the call. The HunyuanVideo and
+    HunyuanVideo-1.5 forwards use nothing else from it (they pass no attention kwargs to their processors)."""
+    from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+    scale = (attention_kwargs or {}).get("scale", 1.0)
+    if not USE_PEFT_BACKEND:
+        yield
+        return
+    scale_lora_layers(transformer, scale)
+    try:
+        yield
+    finally:
+        unscale_lora_layers(transformer, scale)
+
+
 class _RopeCache(torch.nn.Module):
     """Wraps the transformer's RoPE module for the duration of a DVG call: its tables depend only on the
     latent grid, so each stage shape is computed once instead of at every step."""
@@ -206,22 +227,40 @@ class _cached_rope:
 
 
 class _compiled_blocks:
-    """With `compile_blocks=True`, the transformer blocks run through `torch.compile` during the DVG call only.
+    """With `compile_blocks` set (True, or a dict of torch.compile keyword arguments), the transformer blocks run
+    through `torch.compile` during the DVG call only.
 
-    dynamic=False: each stage shape compiles once (four shapes per plan; Dynamo's cache keeps them across
-    calls), and nothing recompiles per step because the step loop reuses the same layout tensors and host
-    ints per shape. Outside the call the blocks are the plain modules again, so a shared transformer is
-    unaffected and `restore()` has nothing extra to undo."""
+    dynamic=False: each stage shape compiles once per block class (Dynamo inlines the blocks' modules, so
+    instances of one class share a graph; four shapes per plan; Dynamo's cache keeps them across calls), and
+    nothing recompiles per step because the step loop reuses the same layout tensors and host ints per shape.
+    Outside the call the blocks are the plain modules again, so a shared transformer is unaffected and
+    `restore()` has nothing extra to undo. The per-sample packed forward (samples of one batch on different
+    plans) calls the blocks' sub-modules itself, so it runs eagerly."""
 
-    def __init__(self, transformer, enabled: bool) -> None:
+    # Graphs Dynamo keeps per code object before it gives up and runs that code eagerly (torch's default is 8).
+    # Each stage shape costs up to 3 graphs per block code object (HunyuanVideo's single-stream blocks compile
+    # twice: the first one gets the dual stream's contiguous output, the others a strided slice), so the
+    # default would be spent by one plan's four shapes and every later plan's new stage shapes would run
+    # eagerly; 64 leaves room for about a dozen plans.
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self, transformer, setting) -> None:
         self.blocks = []
-        if enabled:
+        self.kwargs = {} if setting is True else dict(setting or {})
+        if setting is not False:
             for name in ("transformer_blocks", "single_transformer_blocks"):
                 self.blocks.extend(getattr(transformer, name, None) or [])
+            supported = "recompile_limit" in inspect.signature(torch.compile).parameters
+            if "recompile_limit" in self.kwargs and not supported:
+                raise ValueError(f"compile_blocks={setting!r}: torch {torch.__version__}'s torch.compile has no "
+                                 f"recompile_limit argument; allowed: leave it out (or set "
+                                 f"torch._dynamo.config.recompile_limit / cache_size_limit yourself)")
+            if supported:
+                self.kwargs.setdefault("recompile_limit", self.RECOMPILE_LIMIT)
 
     def __enter__(self):
         for block in self.blocks:
-            block.compile(dynamic=False)
+            block.compile(dynamic=False, **self.kwargs)
         return self
 
     def __exit__(self, *exc):
@@ -309,8 +348,21 @@ class _Generation:
             n = self._tokens(shape)
             layout = processors.PackedAttention.prefix([n + length for length in condition.text_lengths],
                                                        n + condition.text_seq_len, self.prep.device)
+            if self._fused_rope():
+                pt, ph, pw = self.adapter.patch
+                cfg = self.pipe.transformer.config
+                grid = (shape[0] // pt, shape[1] // ph, shape[2] // pw)
+                layout.fused_rope = processors.FusedRope.build([grid] * len(condition.text_lengths),
+                                                               condition.text_lengths, False, cfg.rope_axes_dim,
+                                                               cfg.rope_theta, self.prep.device)
             self.layouts[key] = layout
         return layout
+
+    def _fused_rope(self) -> bool:
+        # `fused_rope` (off by default: unmeasured on a GPU) applies RoPE inside the q/k packing
+        # (`torch.ops.dvg.pack_qk_rope`) instead of from the per-shape tables. Read with a default until
+        # DVGConfig declares the field.
+        return bool(getattr(self.config, "fused_rope", False))
 
     def _velocity_group(self, group_latents, indices, axes, timestep_value, step, group_index=None) -> torch.Tensor:
         prep = self.prep
@@ -376,7 +428,8 @@ class _Generation:
             kwargs.update(condition.packed_kwargs, **extra)
             for h in hidden_list:
                 self.forward_shapes.append(tuple(h.shape))
-            return packed(hidden_list, timestep, condition.text_lengths, **kwargs)
+            with _lora_scale(self.pipe.transformer, condition.kwargs.get("attention_kwargs")):
+                return packed(hidden_list, timestep, condition.text_lengths, **kwargs)
 
         if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
             per_sample = self.adapter.guided_velocity(prep, step, t, run_packed)
@@ -394,17 +447,13 @@ class _Generation:
 
     def _make_packed_forward(self):
         transformer = self.pipe.transformer
-        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
-            return None  # frame 0's own modulation is not implemented in the packed forward
-        if any(c.kwargs.get("attention_kwargs") for c in self.prep.conditions):
-            return None  # e.g. a LoRA scale, applied by the transformer's own forward
         if _has_forward_hooks(self.pipe.transformer):
             # Cache hooks (diffusers) and offload hooks (accelerate) wrap the modules' own forward methods,
             # which the packed forward bypasses: keep the per-group path, which calls them.
             return None
         if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
-            return processors.PackedHunyuanVideo15Forward(transformer, self.state)
-        return processors.PackedHunyuanVideoForward(transformer, self.state)
+            return processors.PackedHunyuanVideo15Forward(transformer, self.state, self._fused_rope())
+        return processors.PackedHunyuanVideoForward(transformer, self.state, self._fused_rope())
 
     # ---- enabled=False: full resolution, our attention path ----
     def _run_full(self):
@@ -510,10 +559,23 @@ class _Generation:
         return plans
 
     def _transition_group(self, x0: torch.Tensor, src_axes, dst_axes, to_stage: int, seeds: List[int],
-                          sigma: torch.Tensor) -> torch.Tensor:
+                          sigma: torch.Tensor, latents_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """x̂0 (B, C, t, h, w) on the current stage -> the next stage's re-noised latents (float32), with the fused
-        `torch.ops.dvg.resample_renoise` (resize, 0→1 smoothing, coordinate noise and re-noise in one pass)."""
+        `torch.ops.dvg.resample_renoise` (resize, 0→1 smoothing, coordinate noise and re-noise in one pass).
+
+        latents_dtype: the dtype of the latents that entered this transition step. The reference rounds the
+        resized x̂0 to it before the smoothing and the re-noise (dvg-spec §12.3 step 4, quirk Q14). That only
+        changes anything below float32 — latents a previous transition cast to the model dtype, i.e. two
+        transitions in a row (e.g. 5 steps: transitions at 1, 2, 3) — and the fused op keeps x̂0_up in float32
+        from the resize to the re-noise, so those transitions run the reference composition
+        (`sampling.resample_and_renoise` with the rounding) instead; they are rare and the result is exact."""
+        from . import sampling
         from .ops.resample import resample_renoise, transition_tensors
+        if torch.finfo(latents_dtype).bits < 32:
+            return sampling.resample_and_renoise(
+                x0, tuple(len(a) for a in dst_axes), sampling.stage_anchors(src_axes, dst_axes), dst_axes, sigma,
+                list(seeds), smooth=to_stage == 1, smoothing_padding=self.config.smoothing_padding,
+                out_dtype=torch.float32, x0_up_dtype=latents_dtype)
         key = (tuple(map(tuple, src_axes)), tuple(map(tuple, dst_axes)), x0.device)
         tensors = self.transition_cache.get(key)
         if tensors is None:
@@ -581,6 +643,8 @@ class _Generation:
                     stage_times[stage] += mid - stage_start
                     sigma_x0 = schedule.x0_sigma(i)
                     x0s = [sampling.x0_from_velocity(g.latents, v, sigma_x0) for g, v in zip(groups, velocities)]
+                    # per group, the dtype the reference rounds x̂0_up to (quirk Q14)
+                    dtypes = [g.latents.dtype for g in groups]
                     if stage == 0:
                         x0 = x0s[0]
                         plans = self._plans(grid, x0)
@@ -588,13 +652,14 @@ class _Generation:
                             demands[b] = {"spatial_demand": plan.spatial_demand,
                                           "temporal_demand": plan.temporal_demand}
                         groups, x0s = self._regroup(plans, x0)
+                        dtypes = dtypes[:1] * len(groups)  # stage 0 is one group: its dtype for every new one
                     info = schedule.begin_transition(i)
                     self._reset_cache_hooks()
                     sigma_new = schedule.sigmas[info.renoise_sigma_index]
                     new_groups = []
-                    for g, x0 in zip(groups, x0s):
+                    for g, x0, dtype in zip(groups, x0s, dtypes):
                         nxt = self._transition_group(x0, g.plan.stage_axes[stage], g.plan.stage_axes[stage + 1],
-                                                     stage + 1, self._seeds(g.indices), sigma_new)
+                                                     stage + 1, self._seeds(g.indices), sigma_new, dtype)
                         nxt = adapter.post_step(prep, nxt, g.plan.stage_axes[stage + 1], g.indices)
                         new_groups.append(_Group(g.indices, g.plan, nxt.to(prep.dtype)))
                     groups = new_groups

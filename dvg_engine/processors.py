@@ -18,15 +18,55 @@ processor it replaces:
 The same processor serves the engine's per-sample packed forward (samples with different stage
 shapes in one stream): there the "batch" is a single row of already-packed tokens and the layout's
 row index is a permutation that makes each sample's [latent, text] tokens contiguous.
+
+Optionally (a layout with `fused_rope`, the engine's `fused_rope` option, off by default) steps 3 and 5
+are fused: q and k are packed with RoPE computed from each token's position (`torch.ops.dvg.pack_qk_rope`),
+v with `pack_tokens`, and the result scattered back with `unpack_tokens`, instead of applying the
+transformer's per-shape cos/sin tables before a row gather.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from . import _checks
+
+
+@dataclasses.dataclass
+class FusedRope:
+    """What `torch.ops.dvg.pack_qk_rope` needs to apply RoPE while packing (instead of the transformer's per-shape
+    cos/sin tables applied before): segment s of the stream is [the latent tokens of grid s ; its valid text].
+
+    cu_latent: (S + 1,) int32, latent tokens per segment; cu_text: (S + 1,) int32 when the text arrives as one
+    stream of valid tokens (the packed per-sample forward), None when it is padded per batch row (B, L) with
+    valid prefixes; grid_sizes: (S, 3) int32 token grid (T, H, W) of each segment, in patches; total /
+    total_latent: host ints; rope_axes_dim, theta: the transformer's RoPE configuration; inv_freq: its
+    (head_dim / 2,) float32 inverse frequencies (`dvg_engine.ops.pack.rope_inv_freq`), on the device.
+    """
+
+    cu_latent: torch.Tensor
+    cu_text: Optional[torch.Tensor]
+    grid_sizes: torch.Tensor
+    total: int
+    total_latent: int
+    rope_axes_dim: List[int]
+    theta: float
+    inv_freq: torch.Tensor
+
+    @classmethod
+    def build(cls, grids: Sequence[Sequence[int]], text_lengths: Sequence[int], text_stream: bool,
+              rope_axes_dim: Sequence[int], theta: float, device) -> "FusedRope":
+        """grids: per segment the (T, H, W) token grid; text_lengths: per segment its valid text tokens."""
+        from .ops.pack import packed_layout, rope_inv_freq
+        latent = [int(t) * int(h) * int(w) for t, h, w in grids]
+        cu_latent, cu_seqlens, total, _ = packed_layout(latent, text_lengths, device)
+        cu_text = (cu_seqlens - cu_latent) if text_stream else None
+        grid_sizes = torch.tensor([list(map(int, g)) for g in grids], dtype=torch.int32).to(device)
+        axes = [int(d) for d in rope_axes_dim]
+        return cls(cu_latent, cu_text, grid_sizes, total, sum(latent), axes, float(theta),
+                   rope_inv_freq(axes, float(theta), device))
 
 
 @dataclasses.dataclass
@@ -45,6 +85,8 @@ class PackedAttention:
     segment_lengths: List[int]
     batch: int
     seq_len: int
+    # set: RoPE is applied while packing q/k (`torch.ops.dvg.pack_qk_rope`), not from the rotary tables
+    fused_rope: Optional[FusedRope] = None
 
     @classmethod
     def prefix(cls, valid_lengths: Sequence[int], seq_len: int, device) -> "PackedAttention":
@@ -122,6 +164,43 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return full.view(batch, seq_len, heads * head_dim)
 
 
+def fused_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, encoder_query: torch.Tensor,
+                         encoder_key: torch.Tensor, encoder_value: torch.Tensor,
+                         layout: PackedAttention) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention with RoPE fused into the packing.
+
+    query/key/value: (B, N, heads, head_dim) latent tokens, RoPE not applied; encoder_*: (B, L, heads, head_dim)
+    text tokens (valid ones first). Per-group batches (layout.fused_rope.cu_text None): each of the B rows is one
+    segment, its text padded. Packed per-sample forward (cu_text set): B = 1 and the rows are the image and text
+    streams of all segments. Returns (latent (B, N, heads·head_dim), text (B, L, heads·head_dim)), text rows past
+    each segment's valid ones zero (as the unfused path leaves them)."""
+    from .ops.pack import pack_qk_rope, pack_tokens, unpack_tokens
+    fused = layout.fused_rope
+    batch, n_latent, heads, head_dim = query.shape
+    text_len = encoder_query.shape[1]
+    if batch * n_latent != fused.total_latent:
+        raise RuntimeError(f"DVG fused-RoPE layout is for {fused.total_latent} latent tokens but the layer received "
+                           f"{batch}x{n_latent}; the engine's packing plan and the model disagree")
+    flat = (batch * n_latent, heads, head_dim)
+
+    def text(x):
+        return x.reshape(batch * text_len, heads, head_dim) if fused.cu_text is not None else x
+
+    # validate=False: the layout was built on the host from the plan (checks would read it back)
+    q, k = pack_qk_rope(query.reshape(flat), key.reshape(flat), text(encoder_query), text(encoder_key),
+                        fused.cu_latent, layout.cu_seqlens, fused.grid_sizes, fused.total, fused.rope_axes_dim,
+                        fused.theta, fused.inv_freq, fused.cu_text, validate=False)
+    v = pack_tokens(value.reshape(flat), text(encoder_value), fused.cu_latent, layout.cu_seqlens, fused.total,
+                    fused.cu_text, validate=False)
+    out = _varlen_attention()(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen,
+                              validate=False)
+    latent, text_out = unpack_tokens(out, fused.cu_latent, layout.cu_seqlens, fused.total_latent,
+                                     batch * text_len if fused.cu_text is not None else text_len, fused.cu_text,
+                                     validate=False)
+    return (latent.view(batch, n_latent, heads * head_dim).to(query.dtype),
+            text_out.view(batch, text_len, heads * head_dim).to(query.dtype))
+
+
 class DVGAttnProcessor:
     """Joint attention of HunyuanVideo (``variant="hunyuan_video"``) or HunyuanVideo-1.5
     (``variant="hunyuan_video_1_5"``) through the packed varlen path; defers to `original` outside DVG."""
@@ -158,8 +237,16 @@ class DVGAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        # 3. Rotational positional embeddings applied to latent stream
-        if image_rotary_emb is not None:
+        fused = layout.fused_rope is not None
+        if fused and encoder_hidden_states is None:
+            raise RuntimeError("DVG fused-RoPE attention needs the text stream (encoder_hidden_states)")
+        if fused and single_stream:
+            text_len = encoder_hidden_states.shape[1]
+            return self._fused(attn, query[:, :-text_len], key[:, :-text_len], value[:, :-text_len],
+                               query[:, -text_len:], key[:, -text_len:], value[:, -text_len:], layout)
+
+        # 3. Rotational positional embeddings applied to latent stream (or, fused, while packing in step 5)
+        if image_rotary_emb is not None and not fused:
             if single_stream and encoder_hidden_states is not None:
                 text_len = encoder_hidden_states.shape[1]
                 query = torch.cat([apply_rotary_emb(query[:, :-text_len], image_rotary_emb, sequence_dim=1),
@@ -179,9 +266,15 @@ class DVGAttnProcessor:
                 encoder_query = attn.norm_added_q(encoder_query)
             if attn.norm_added_k is not None:
                 encoder_key = attn.norm_added_k(encoder_key)
+            if fused:
+                return self._fused(attn, query, key, value, encoder_query, encoder_key, encoder_value, layout)
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
+
+        if fused:
+            raise RuntimeError(f"DVG fused-RoPE attention supports joint attention with a text stream; got {attn!r} "
+                               f"with variant {self.variant!r}")
 
         # 5. Attention: valid rows only, one varlen stream (the text padding / masked tokens are skipped)
         hidden_states = packed_attention(query, key, value, layout).to(query.dtype)
@@ -195,6 +288,19 @@ class DVGAttnProcessor:
                 hidden_states = attn.to_out[1](hidden_states)
             if getattr(attn, "to_add_out", None) is not None:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+    @staticmethod
+    def _fused(attn, query, key, value, encoder_query, encoder_key, encoder_value, layout):
+        """Steps 3 and 5 fused (`fused_rope_attention`), then step 6 as in `__call__`."""
+        hidden_states, encoder_hidden_states = fused_rope_attention(query, key, value, encoder_query, encoder_key,
+                                                                    encoder_value, layout)
+        # 6. Output projection
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
 
 
@@ -254,8 +360,25 @@ def _modulate(norm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, c
 
 @dataclasses.dataclass
 class _Segments:
-    ids: torch.Tensor         # (T,) int64 sample of each token
+    ids: torch.Tensor         # (T,) int64 segment of each token
     cu_seqlens: torch.Tensor  # (S + 1,) int32
+
+    @classmethod
+    def of_lengths(cls, lengths: Sequence[int], device) -> "_Segments":
+        """Contiguous segments of the given host lengths (zeros allowed), built on the host and copied once."""
+        counts = torch.tensor(list(lengths), dtype=torch.int64)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = counts.cumsum(0).to(torch.int32)
+        ids = torch.repeat_interleave(torch.arange(len(lengths)), counts)
+        return cls(ids.to(device), cu.to(device))
+
+
+def _with_token_replace(rows: torch.Tensor, token_replace_rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, K) per-sample modulation rows -> (2B, K): row 2b is sample b's first-frame (token_replace) row, row
+    2b + 1 its own, matching the image segments [frame 0 of b, rest of b]. Unchanged without token_replace."""
+    if token_replace_rows is None:
+        return rows
+    return torch.stack([token_replace_rows, rows], dim=1).flatten(0, 1)
 
 
 class PackedHunyuanVideoForward:
@@ -267,14 +390,17 @@ class PackedHunyuanVideoForward:
     attention runs through the DVG processors with a segment layout (one segment = one sample's latent + valid
     text tokens), i.e. one `varlen_attention` call per layer for the whole batch. RoPE tables are the
     transformer's own, per sample shape, cached across steps.
+
+    HunyuanVideo I2V's `token_replace` mode gives each sample's first latent frame the modulation of timestep 0
+    (the transformer's `token_replace_emb`, over its `first_frame_num_tokens` = h·w/p² leading image tokens):
+    here the image stream is then modulated in two segments per sample, [frame 0, the rest], with that
+    sample's token_replace rows and its own rows (the text stream keeps one segment per sample, as there).
     """
 
-    def __init__(self, transformer, state: DVGAttentionState) -> None:
-        cfg = transformer.config
-        if getattr(cfg, "image_condition_type", None) == "token_replace":
-            raise NotImplementedError("the packed per-sample forward does not implement token_replace conditioning")
+    def __init__(self, transformer, state: DVGAttentionState, fused_rope: bool = False) -> None:
         self.transformer = transformer
         self.state = state
+        self.fused_rope = fused_rope  # RoPE applied while packing (`FusedRope`) instead of from the tables
         self.rope_cache: dict = {}
         self.layout_cache: dict = {}
 
@@ -286,19 +412,20 @@ class PackedHunyuanVideoForward:
 
     # ---- model-specific: embeddings (steps 1-2 of the transformer's forward) ----
     def _embed(self, hidden_list, timestep, text_lengths, kwargs):
-        """-> (temb (B, D), per-sample image tokens (1, N_b, D), per-sample valid text tokens (1, L_b, D))."""
+        """-> (temb (B, D), token_replace_emb (B, D) or None, per-sample image tokens (1, N_b, D), per-sample
+        valid text tokens (1, L_b, D))."""
         tr = self.transformer
-        temb, _ = tr.time_text_embed(timestep, kwargs["pooled_projections"], kwargs.get("guidance"))
+        temb, token_replace_emb = tr.time_text_embed(timestep, kwargs["pooled_projections"], kwargs.get("guidance"))
         image_tokens = [tr.x_embedder(h) for h in hidden_list]
         text = tr.context_embedder(kwargs["encoder_hidden_states"], timestep, kwargs["encoder_attention_mask"])
-        return temb, image_tokens, [text[b:b + 1, :int(n)] for b, n in enumerate(text_lengths)]
+        return temb, token_replace_emb, image_tokens, [text[b:b + 1, :int(n)] for b, n in enumerate(text_lengths)]
 
-    def _blocks(self, img, txt, temb, rope, seg_img, seg_txt):
+    def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         tr = self.transformer
         for block in tr.transformer_blocks:
-            img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
+            img, txt = self._dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         for block in tr.single_transformer_blocks:
-            img, txt = self._single_block(block, img, txt, temb, rope, seg_img, seg_txt)
+            img, txt = self._single_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         return img, txt
 
     def __call__(self, hidden_list: Sequence[torch.Tensor], timestep: torch.Tensor, text_lengths: Sequence[int],
@@ -312,19 +439,19 @@ class PackedHunyuanVideoForward:
         device = hidden_list[0].device
 
         # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text
-        ropes = [self._rope(h) for h in hidden_list]
-        temb, image_tokens, texts = self._embed(hidden_list, timestep, text_lengths, kwargs)
+        ropes = None if self.fused_rope else [self._rope(h) for h in hidden_list]
+        temb, tr_emb, image_tokens, texts = self._embed(hidden_list, timestep, text_lengths, kwargs)
 
         # 3. Packing: image stream [1, Ti, D], text stream [1, Tt, D], segments, and the attention layout
         lengths_img = [t.shape[1] for t in image_tokens]
         lengths_txt = [t.shape[1] for t in texts]
+        # token_replace: the transformer's first_frame_num_tokens, per sample
+        first_frame = [(h.shape[3] // p) * (h.shape[4] // p) for h in hidden_list] if tr_emb is not None else None
         img = torch.cat(image_tokens, dim=1)
         txt = torch.cat(texts, dim=1)
-        key = (tuple(lengths_img), tuple(lengths_txt), device)
+        key = (tuple(tuple(h.shape[2:]) for h in hidden_list), tuple(lengths_txt), device)
         cached = self.layout_cache.get(key)
         if cached is None:
-            seg_img = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths_img))
-            seg_txt = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths_txt))
             total_img = sum(lengths_img)
             rows, off_i, off_t = [], 0, 0
             for n_i, n_t in zip(lengths_img, lengths_txt):
@@ -332,16 +459,26 @@ class PackedHunyuanVideoForward:
                 off_i += n_i
                 off_t += n_t
             layout = PackedAttention.segments(rows, total_img + sum(lengths_txt), device)
-            cu_img = PackedAttention.prefix(lengths_img, max(lengths_img), "cpu").cu_seqlens.to(device)
-            cu_txt = PackedAttention.prefix(lengths_txt, max(lengths_txt), "cpu").cu_seqlens.to(device)
-            cached = (_Segments(seg_img.to(device), cu_img), _Segments(seg_txt.to(device), cu_txt), layout)
+            if self.fused_rope:
+                cfg = tr.config
+                grids = [(h.shape[2] // p_t, h.shape[3] // p, h.shape[4] // p) for h in hidden_list]
+                layout.fused_rope = FusedRope.build(grids, lengths_txt, True, cfg.rope_axes_dim, cfg.rope_theta,
+                                                    device)
+            seg_img = _Segments.of_lengths(lengths_img, device)
+            if first_frame is not None:
+                # the blocks' image modulation segments: [frame 0 of b, rest of b] per sample
+                seg_img_blocks = _Segments.of_lengths([n for f, n_i in zip(first_frame, lengths_img)
+                                                       for n in (f, n_i - f)], device)
+            else:
+                seg_img_blocks = seg_img
+            cached = (seg_img, seg_img_blocks, _Segments.of_lengths(lengths_txt, device), layout)
             self.layout_cache[key] = cached
-        seg_img, seg_txt, layout = cached
-        rope = (torch.cat([r[0] for r in ropes], dim=0), torch.cat([r[1] for r in ropes], dim=0))
+        seg_img, seg_img_blocks, seg_txt, layout = cached
+        rope = None if ropes is None else (torch.cat([r[0] for r in ropes], dim=0), torch.cat([r[1] for r in ropes], dim=0))
 
         # 4. Transformer blocks
         with self.state.activate(layout):
-            img, txt = self._blocks(img, txt, temb, rope, seg_img, seg_txt)
+            img, txt = self._blocks(img, txt, temb, tr_emb, rope, seg_img_blocks, seg_txt)
 
         # 5. Output projection, per-sample unpatchify
         emb = tr.norm_out.linear(tr.norm_out.silu(temb).to(img.dtype))
@@ -358,10 +495,13 @@ class PackedHunyuanVideoForward:
         return outputs
 
     @staticmethod
-    def _dual_block(block, img, txt, temb, rope, seg_img, seg_txt):
+    def _dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
+        """seg_img: the image modulation segments, one per sample, or two (frame 0, rest) with tr_emb."""
         # 1. Input normalization (per-sample AdaLN rows gathered per token)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1.linear(
-            block.norm1.silu(temb)).chunk(6, dim=1)
+        rows = block.norm1.linear(block.norm1.silu(temb))
+        tr_rows = block.norm1.linear(block.norm1.silu(tr_emb)) if tr_emb is not None else None
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = _with_token_replace(rows, tr_rows).chunk(
+            6, dim=1)
         c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context.linear(
             block.norm1_context.silu(temb)).chunk(6, dim=1)
         norm_img = _modulate(block.norm1.norm, img, scale_msa, shift_msa, seg_img.cu_seqlens)
@@ -383,14 +523,22 @@ class PackedHunyuanVideoForward:
         return img, txt
 
     @staticmethod
-    def _single_block(block, img, txt, temb, rope, seg_img, seg_txt):
+    def _single_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
+        """seg_img: the image modulation segments, one per sample, or two (frame 0, rest) with tr_emb."""
         text_len = txt.shape[1]
         hidden = torch.cat([img, txt], dim=1)
         residual = hidden
 
-        # 1. Input normalization (the image and text parts are each contiguous per sample)
-        shift, scale, gate = block.norm.linear(block.norm.silu(temb)).chunk(3, dim=1)
-        norm_hidden = torch.cat([_modulate(block.norm.norm, img, scale, shift, seg_img.cu_seqlens),
+        # 1. Input normalization (the image and text parts are each contiguous per sample; with token_replace
+        # only the image part has frame-0 rows, the text follows the sample's own)
+        rows = block.norm.linear(block.norm.silu(temb))
+        shift, scale, gate = rows.chunk(3, dim=1)
+        if tr_emb is not None:
+            img_shift, img_scale, img_gate = _with_token_replace(
+                rows, block.norm.linear(block.norm.silu(tr_emb))).chunk(3, dim=1)
+        else:
+            img_shift, img_scale, img_gate = shift, scale, gate
+        norm_hidden = torch.cat([_modulate(block.norm.norm, img, img_scale, img_shift, seg_img.cu_seqlens),
                                  _modulate(block.norm.norm, txt, scale, shift, seg_txt.cu_seqlens)], dim=1)
         mlp_hidden = block.act_mlp(block.proj_mlp(norm_hidden))
 
@@ -402,7 +550,7 @@ class PackedHunyuanVideoForward:
 
         # 3. Modulation and residual connection
         hidden = torch.cat([attn_out, mlp_hidden], dim=2)
-        gate_rows = torch.cat([gate.index_select(0, seg_img.ids), gate.index_select(0, seg_txt.ids)], dim=0)
+        gate_rows = torch.cat([img_gate.index_select(0, seg_img.ids), gate.index_select(0, seg_txt.ids)], dim=0)
         hidden = gate_rows * block.proj_out(hidden) + residual
         return hidden[:, :-text_len], hidden[:, -text_len:]
 
@@ -435,9 +583,9 @@ class PackedHunyuanVideo15Forward(PackedHunyuanVideoForward):
                 raise RuntimeError(f"text_parts[{b}]={kwargs['text_parts'][b]} does not add up to text_lengths[{b}]="
                                    f"{text_lengths[b]}")
             texts.append(torch.cat([image[b:b + 1, :n_image], text_2[b:b + 1, :n_byt5], text[b:b + 1, :n_mllm]], dim=1))
-        return temb, image_tokens, texts
+        return temb, None, image_tokens, texts
 
-    def _blocks(self, img, txt, temb, rope, seg_img, seg_txt):
+    def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         for block in self.transformer.transformer_blocks:
-            img, txt = self._dual_block(block, img, txt, temb, rope, seg_img, seg_txt)
+            img, txt = self._dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         return img, txt

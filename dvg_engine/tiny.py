@@ -4,13 +4,16 @@ random (seeded) weights, so the demo, the CLI tests and the engine tests run wit
 What is tiny and what is not:
 - the transformer is the real `HunyuanVideoTransformer3DModel` (patch 1×2×2, the real RoPE split
   scaled to the head dim, head dim 64 by default so every kernel path is exercised);
-- the text encoders are a `LlamaModel` and a `CLIPTextModel` from small configs;
+- the text encoders are a `LlamaModel` and a `CLIPTextModel` from small configs; HunyuanVideo I2V's is a
+  `LlavaForConditionalGeneration` (tiny Llama + tiny CLIP vision tower giving the template's 576 image
+  tokens) with a `CLIPImageProcessor`, so the pipeline's own image-in-prompt encoding runs;
 - the tokenizers are built locally with the `tokenizers` library (no vocabulary file, no download):
   a WordPiece model whose vocabulary holds the words of the pipeline's prompt template, a short list
   of common words, and every printable ASCII character as a stand-alone piece and a `##`
   continuation piece, so any plain prompt string tokenises without unknown tokens. The Llama-side
   tokenizer splits the HunyuanVideo prompt template into exactly `crop_start` (= 95) tokens, as the
-  real Llama-3 tokenizer does, so the pipeline's crop removes the template and keeps the prompt;
+  real Llama-3 tokenizer does, so the pipeline's crop removes the template and keeps the prompt (the
+  I2V one: `crop_start` = 103 with `<image>` at token 5);
 - the VAE is the real `AutoencoderKLHunyuanVideo` (8× spatial, 4× causal temporal) with few channels.
 
 Everything round-trips through `save_pretrained` / `DiffusionPipeline.from_pretrained` on a local
@@ -31,8 +34,11 @@ __all__ = [
     "build_llama_tokenizer",
     "build_clip_tokenizer",
     "tiny_hunyuan_video_pipeline",
+    "build_llava_tokenizer",
+    "tiny_hunyuan_video_i2v_pipeline",
     "build_qwen_tokenizer",
     "tiny_hunyuan_video15_pipeline",
+    "build_tiny_pipeline",
     "save_tiny_pipeline",
 ]
 
@@ -73,7 +79,7 @@ photo video scene style detailed high quality beautiful dramatic colorful soft s
 
 
 def _wordpiece_tokenizer(specials, template_words, *, lowercase: bool, keep_space_before_digit: bool,
-                         post_single: str, post_specials):
+                         post_single: str, post_specials, keep_newline: bool = False):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab: Dict[str, int] = {}
@@ -81,6 +87,10 @@ def _wordpiece_tokenizer(specials, template_words, *, lowercase: bool, keep_spac
         vocab.setdefault(token, len(vocab))
     vocab.setdefault("\n\n", len(vocab))
     vocab.setdefault(" ", len(vocab))
+    if keep_newline:
+        # In the vocabulary, not an added token: an added "\n" would be matched before pre-tokenisation and
+        # split every "\n\n" into two tokens.
+        vocab.setdefault("\n", len(vocab))
     for char in string.printable.strip():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault("##" + char, len(vocab))
@@ -93,8 +103,13 @@ def _wordpiece_tokenizer(specials, template_words, *, lowercase: bool, keep_spac
     # Whitespace separates words and is dropped, except (Llama side) a space before a digit, which the
     # Llama-3 tokenizer keeps as its own token: that is what makes the template prefix 95 tokens long.
     # "\n\n" stays one token, as in Llama-3.
-    drop = r"[ \t]+(?!\d)|(?<!\n)\n(?!\n)" if keep_space_before_digit else r"\s+"
-    keep = r"\n\n|\w+|[^\w\s]|[ \t]+" if keep_space_before_digit else r"\w+|[^\w\s]"
+    # With keep_newline a lone "\n" is a token too, as in Llama-3 (the I2V template has one after "<image>").
+    if keep_newline:
+        drop, keep = r"[ \t]+(?!\d)", r"\n\n|\n|\w+|[^\w\s]|[ \t]+"
+    elif keep_space_before_digit:
+        drop, keep = r"[ \t]+(?!\d)|(?<!\n)\n(?!\n)", r"\n\n|\w+|[^\w\s]|[ \t]+"
+    else:
+        drop, keep = r"\s+", r"\w+|[^\w\s]"
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(drop), behavior="removed"),
         pre_tokenizers.Split(Regex(keep), behavior="isolated"),
@@ -149,21 +164,8 @@ def _rope_axes_dim(head_dim: int) -> Tuple[int, int, int]:
     return (t, h, rest - h)
 
 
-def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, attention_head_dim: int = 64,
-                                num_layers: int = 2, num_single_layers: int = 2, num_refiner_layers: int = 1,
-                                latent_channels: int = 4, vae_channels: int = 4, dtype: torch.dtype = torch.float32,
-                                shift: float = 7.0):
-    """A `HunyuanVideoPipeline` (text-to-video) with random weights, built from configs.
-
-    seed: weights are drawn under `torch.manual_seed(seed)` (the global RNG state is restored after),
-    so two calls with the same arguments give bit-identical pipelines.
-    attention_head_dim: 64 or 128 are what the varlen attention kernels support; anything even ≥ 8 builds.
-    Returns the pipeline on CPU in `dtype` (the VAE stays float32: its group norms are unstable in half).
-    """
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-
+def _check_hv_sizes(seed, num_attention_heads, attention_head_dim, num_layers, num_single_layers, num_refiner_layers,
+                    latent_channels, vae_channels, dtype) -> None:
     check_int("seed", seed)
     for name, value in (("num_attention_heads", num_attention_heads), ("num_layers", num_layers),
                         ("num_single_layers", num_single_layers), ("num_refiner_layers", num_refiner_layers),
@@ -178,10 +180,67 @@ def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, 
         raise ValueError(f"vae_channels={vae_channels} is not a multiple of 4; allowed: multiples of 4 "
                          f"(the VAE's group norm uses 4 groups)")
 
+
+def _hv_clip_transformer_vae(tokenizer_2, *, in_channels, latent_channels, image_condition_type, num_attention_heads,
+                             attention_head_dim, num_layers, num_single_layers, num_refiner_layers, vae_channels):
+    """The parts HunyuanVideo T2V and I2V share, drawn from the caller's RNG in a fixed order (CLIP text
+    encoder, transformer, VAE) so a builder's weights depend only on its seed."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_hidden = TINY_HUNYUAN_VIDEO["text_hidden_size"]
+    clip_hidden = TINY_HUNYUAN_VIDEO["clip_hidden_size"]
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=clip_hidden, intermediate_size=2 * clip_hidden,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=clip_hidden,
+        pad_token_id=tokenizer_2.pad_token_id, bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id))
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=in_channels, out_channels=latent_channels, num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim, num_layers=num_layers, num_single_layers=num_single_layers,
+        num_refiner_layers=num_refiner_layers, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=text_hidden,
+        pooled_projection_dim=clip_hidden, rope_theta=256.0, rope_axes_dim=_rope_axes_dim(attention_head_dim),
+        # T2V leaves it unset, so its saved config stays what it was before I2V shared this builder
+        **({"image_condition_type": image_condition_type} if image_condition_type else {}))
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=(vae_channels,) * 4, layers_per_block=1, norm_num_groups=4,
+        spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=False)
+    return text_encoder_2, transformer, vae
+
+
+def _finish(pipe, modules, dtype):
+    for module in modules:
+        module.eval()
+    if dtype != torch.float32:
+        # the VAE stays float32: its group norms are unstable in half precision
+        for module in modules:
+            if module is not pipe.vae:
+                module.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, attention_head_dim: int = 64,
+                                num_layers: int = 2, num_single_layers: int = 2, num_refiner_layers: int = 1,
+                                latent_channels: int = 4, vae_channels: int = 4, dtype: torch.dtype = torch.float32,
+                                shift: float = 7.0):
+    """A `HunyuanVideoPipeline` (text-to-video) with random weights, built from configs.
+
+    seed: weights are drawn under `torch.manual_seed(seed)` (the global RNG state is restored after),
+    so two calls with the same arguments give bit-identical pipelines.
+    attention_head_dim: 64 or 128 are what the varlen attention kernels support; anything even ≥ 8 builds.
+    Returns the pipeline on CPU in `dtype` (the VAE stays float32: its group norms are unstable in half).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from transformers import LlamaConfig, LlamaModel
+
+    _check_hv_sizes(seed, num_attention_heads, attention_head_dim, num_layers, num_single_layers, num_refiner_layers,
+                    latent_channels, vae_channels, dtype)
     tokenizer = build_llama_tokenizer()
     tokenizer_2 = build_clip_tokenizer()
     text_hidden = TINY_HUNYUAN_VIDEO["text_hidden_size"]
-    clip_hidden = TINY_HUNYUAN_VIDEO["clip_hidden_size"]
 
     rng_state = torch.random.get_rng_state()
     try:
@@ -192,35 +251,123 @@ def tiny_hunyuan_video_pipeline(*, seed: int = 0, num_attention_heads: int = 4, 
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-6))
-        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer_2), hidden_size=clip_hidden, intermediate_size=2 * clip_hidden,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77, projection_dim=clip_hidden,
-            pad_token_id=tokenizer_2.pad_token_id, bos_token_id=tokenizer_2.bos_token_id,
-            eos_token_id=tokenizer_2.eos_token_id))
-        transformer = HunyuanVideoTransformer3DModel(
-            in_channels=latent_channels, out_channels=latent_channels, num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim, num_layers=num_layers, num_single_layers=num_single_layers,
-            num_refiner_layers=num_refiner_layers, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-            qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=text_hidden,
-            pooled_projection_dim=clip_hidden, rope_theta=256.0, rope_axes_dim=_rope_axes_dim(attention_head_dim))
-        vae = AutoencoderKLHunyuanVideo(
-            in_channels=3, out_channels=3, latent_channels=latent_channels,
-            block_out_channels=(vae_channels,) * 4, layers_per_block=1, norm_num_groups=4,
-            spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=False)
+        text_encoder_2, transformer, vae = _hv_clip_transformer_vae(
+            tokenizer_2, in_channels=latent_channels, latent_channels=latent_channels, image_condition_type=None,
+            num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim, num_layers=num_layers,
+            num_single_layers=num_single_layers, num_refiner_layers=num_refiner_layers, vae_channels=vae_channels)
     finally:
         torch.random.set_rng_state(rng_state)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
 
     pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
                                 scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
-    for module in (text_encoder, text_encoder_2, transformer, vae):
-        module.eval()
-    if dtype != torch.float32:
-        transformer.to(dtype)
-        text_encoder.to(dtype)
-        text_encoder_2.to(dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe, (text_encoder, text_encoder_2, transformer, vae), dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# HunyuanVideo image-to-video (Llava text encoder)
+# --------------------------------------------------------------------------------------------------
+
+LLAVA_IMAGE_TOKEN = "<image>"
+# Pixel size of the tiny CLIP vision tower: with patch 2 it gives 24 x 24 = 576 patch features, the
+# `image_emb_len` of the pipeline's default template (the real tower: 336 px, patch 14).
+LLAVA_IMAGE_SIZE = 48
+
+
+def build_llava_tokenizer():
+    """A fast tokenizer standing in for HunyuanVideo-I2V's Llava-Llama-3 tokenizer (built locally, no files).
+
+    As `build_llama_tokenizer`, plus the special `<image>` token and a lone newline as its own token (as
+    Llama-3 tokenises it). Checked at build time against the pipeline's default I2V template: the text
+    before the prompt is exactly `crop_start` (= 103) tokens with one `<image>` at `image_emb_start` (= 5),
+    which is what the pipeline's crop and image-token expansion assume.
+    """
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    from transformers import PreTrainedTokenizerFast
+
+    template = DEFAULT_PROMPT_TEMPLATE
+    words = re.findall(r"\w+", template["template"].replace("{}", " "))
+    tok = _wordpiece_tokenizer(_LLAMA_SPECIALS + (LLAVA_IMAGE_TOKEN,), words, lowercase=False,
+                               keep_space_before_digit=True, keep_newline=True,
+                               post_single="<|begin_of_text|> $A", post_specials=["<|begin_of_text|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", padding_side="right",
+                                   model_max_length=1024)
+    tokens = fast.convert_ids_to_tokens(fast(template["template"].split("{}")[0]).input_ids)
+    image_at = [i for i, token in enumerate(tokens) if token == LLAVA_IMAGE_TOKEN]
+    if len(tokens) != template["crop_start"] or image_at != [template["image_emb_start"]] or "<unk>" in tokens:
+        raise RuntimeError(f"the tiny Llava tokenizer splits the I2V template prefix into {len(tokens)} tokens with "
+                           f"{LLAVA_IMAGE_TOKEN} at {image_at}; the pipeline expects crop_start="
+                           f"{template['crop_start']} and one {LLAVA_IMAGE_TOKEN} at {template['image_emb_start']}")
+    return fast
+
+
+def _clip_image_processor(size: int):
+    try:  # transformers >= 5 without torchvision: name the PIL backend instead of getting it with a warning
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:
+        from transformers import CLIPImageProcessor as processor_class
+    return processor_class(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def tiny_hunyuan_video_i2v_pipeline(*, seed: int = 0, image_condition_type: str = "latent_concat",
+                                    num_attention_heads: int = 4, attention_head_dim: int = 64, num_layers: int = 2,
+                                    num_single_layers: int = 2, num_refiner_layers: int = 1, latent_channels: int = 4,
+                                    vae_channels: int = 4, dtype: torch.dtype = torch.float32, shift: float = 7.0):
+    """A `HunyuanVideoImageToVideoPipeline` with random weights, built from configs, with its real prompt path.
+
+    The text encoder is a `LlavaForConditionalGeneration` (3-layer Llama text model, 2-layer CLIP vision
+    tower at 48 px / patch 2 -> the template's 576 image tokens) with `build_llava_tokenizer` and a
+    `CLIPImageProcessor` cropping to 48 px, so `pipe(image=..., prompt=...)` runs the pipeline's own
+    chat-template expansion, crop and `image_embed_interleave` on real encoder outputs. The CLIP text
+    encoder, transformer and VAE are as in `tiny_hunyuan_video_pipeline`.
+    image_condition_type: "latent_concat" (transformer in_channels = 2 * latent_channels + 1) or
+    "token_replace" (in_channels = latent_channels; frame 0 replaced by the image latent).
+    Same determinism and dtype contract as `tiny_hunyuan_video_pipeline`.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    _check_hv_sizes(seed, num_attention_heads, attention_head_dim, num_layers, num_single_layers, num_refiner_layers,
+                    latent_channels, vae_channels, dtype)
+    check_choice("image_condition_type", image_condition_type, ("latent_concat", "token_replace"))
+    tokenizer = build_llava_tokenizer()
+    tokenizer_2 = build_clip_tokenizer()
+    text_hidden = TINY_HUNYUAN_VIDEO["text_hidden_size"]
+    image_tokens = DEFAULT_PROMPT_TEMPLATE["image_emb_len"]
+    patches_per_side = int(round(image_tokens ** 0.5))
+    in_channels = 2 * latent_channels + 1 if image_condition_type == "latent_concat" else latent_channels
+
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        text_encoder = LlavaForConditionalGeneration(LlavaConfig(
+            text_config=LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                # hidden_states[-3] is read, as in T2V; the expanded sequence is 256 + 103 + 575 tokens long
+                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-6),
+            # two layers: Llava reads the vision tower's second-to-last hidden state
+            vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE,
+                                           patch_size=LLAVA_IMAGE_SIZE // patches_per_side, projection_dim=16),
+            image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN), image_seq_length=image_tokens,
+            # the pipeline reads the pad id from the top-level config to rebuild the attention mask
+            pad_token_id=tokenizer.pad_token_id))
+        text_encoder_2, transformer, vae = _hv_clip_transformer_vae(
+            tokenizer_2, in_channels=in_channels, latent_channels=latent_channels,
+            image_condition_type=image_condition_type, num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim, num_layers=num_layers, num_single_layers=num_single_layers,
+            num_refiner_layers=num_refiner_layers, vae_channels=vae_channels)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    pipe = HunyuanVideoImageToVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        image_processor=_clip_image_processor(LLAVA_IMAGE_SIZE))
+    return _finish(pipe, (text_encoder, text_encoder_2, transformer, vae), dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,18 +506,26 @@ def tiny_hunyuan_video15_pipeline(*, seed: int = 0, num_attention_heads: int = 2
     return pipe
 
 
-TINY_BUILDERS = {"hunyuan-video": "tiny_hunyuan_video_pipeline", "hunyuan-video-1.5": "tiny_hunyuan_video15_pipeline",
-                 "hunyuan-video-1.5-i2v": "tiny_hunyuan_video15_pipeline"}
+# model name -> (builder, fixed keyword arguments)
+TINY_BUILDERS = {"hunyuan-video": ("tiny_hunyuan_video_pipeline", {}),
+                 "hunyuan-video-i2v": ("tiny_hunyuan_video_i2v_pipeline", {}),
+                 "hunyuan-video-1.5": ("tiny_hunyuan_video15_pipeline", {}),
+                 "hunyuan-video-1.5-i2v": ("tiny_hunyuan_video15_pipeline", {"image_to_video": True})}
+
+
+def build_tiny_pipeline(model: str = "hunyuan-video", **kwargs):
+    """The tiny pipeline of `model` (one of TINY_BUILDERS: "hunyuan-video", "hunyuan-video-i2v",
+    "hunyuan-video-1.5", "hunyuan-video-1.5-i2v"); kwargs go to its builder (e.g. image_condition_type,
+    dtype, num_layers)."""
+    check_choice("model", model, tuple(TINY_BUILDERS))
+    builder, fixed = TINY_BUILDERS[model]
+    return globals()[builder](**{**kwargs, **fixed})
 
 
 def save_tiny_pipeline(path, model: str = "hunyuan-video", **kwargs) -> str:
-    """Build the tiny pipeline of `model` ("hunyuan-video", "hunyuan-video-1.5" or "hunyuan-video-1.5-i2v";
-    kwargs go to its builder)
-    and `save_pretrained` it to `path`, a folder that `DiffusionPipeline.from_pretrained(path)` and
+    """Build the tiny pipeline of `model` (see `build_tiny_pipeline`; kwargs go to its builder) and
+    `save_pretrained` it to `path`, a folder that `DiffusionPipeline.from_pretrained(path)` and
     `dvg generate --model PATH` load offline. Returns str(path)."""
-    check_choice("model", model, tuple(TINY_BUILDERS))
-    if model.endswith("-i2v"):
-        kwargs["image_to_video"] = True
-    pipe = globals()[TINY_BUILDERS[model]](**kwargs)
+    pipe = build_tiny_pipeline(model, **kwargs)
     pipe.save_pretrained(str(path), safe_serialization=True)
     return str(path)

@@ -142,3 +142,11 @@ def hv_i2v_pipe(image_condition_type="latent_concat", seed=0):
 def gens(batch, seed=0):
     """One CPU generator per sample: seeds seed, seed+1, ...."""
     return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
+
+
+def hv_i2v_text_pipe(image_condition_type="latent_concat", seed=0):
+    """HV I2V with its real prompt path: the tiny Llava text encoder (image in the prompt), CLIP text encoder,
+    tokenizers and CLIP image processor of `dvg_engine.tiny`; 2 heads × 64, one double and one single block."""
+    from dvg_engine.tiny import tiny_hunyuan_video_i2v_pipeline
+    return tiny_hunyuan_video_i2v_pipeline(seed=seed, image_condition_type=image_condition_type, num_attention_heads=2,
+                                           num_layers=1, num_single_layers=1)

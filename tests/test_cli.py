@@ -12,6 +12,7 @@ import pytest
 from dvg_engine import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GEOMETRY = ["--height", "128", "--width", "128", "--frames", "17", "--steps", "8"]
 
 
@@ -61,6 +62,7 @@ def _assert_one_line_error(err, prog, *needles):
     (["demo", "--height", "100"], "dvg demo", ["--height", "multiple of 16"]),
     (["demo", "--budget", "0.2"], "dvg demo", ["--budget", "feasible budgets"]),
     (["demo", "--steps", "4"], "dvg demo", ["--steps", "at least 5"]),
+    (["demo", "--image", "/no/such.png"], "dvg demo", ["--image", "'/no/such.png'", "image file"]),
     (["generate", "--prompt", "x"], "dvg generate", ["--model"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--out", "v.avi"], "dvg generate", ["--out", ".mp4"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--option", "nope=1"], "dvg generate",
@@ -69,6 +71,10 @@ def _assert_one_line_error(err, prog, *needles):
      ["transition_noise", "'sometimes'"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--option", "budget=0.4"], "dvg generate", ["--budget"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--image", "/no/such.png"], "dvg generate", ["--image"]),
+    (["generate", "--model", "tiny-i2v", "--prompt", "x"], "dvg generate",
+     ["--image", "required", "HunyuanVideoImageToVideoPipeline"]),
+    (["generate", "--model", "tiny-1.5-i2v", "--prompt", "x"], "dvg generate",
+     ["--image", "required", "HunyuanVideo15ImageToVideoPipeline"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--plan", "/no/such.json"], "dvg generate", ["--plan"]),
     (["generate", "--model", "tiny", "--prompt", "x", "--device", "tpu"], "dvg generate", ["--device", "'tpu'"]),
     (["generate", "--model", "./no/such/folder", "--prompt", "x"], "dvg generate", ["--model"]),
@@ -346,3 +352,102 @@ def test_generate_hunyuan_video_15_image_to_video(tmp_path_factory, tmp_path, ca
     assert report["pipeline"] == "HunyuanVideo15ImageToVideoPipeline"
     assert report["dvg_report"]["samples"][0]["stage_shapes"][-1][0] == 5
     assert (tmp_path / "i2v.mp4").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# dvg generate --image on HunyuanVideo I2V (the tiny Llava text encoder: the image goes into the prompt)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved_hv_i2v(tmp_path_factory):
+    from dvg_engine.tiny import save_tiny_pipeline
+    small = dict(num_attention_heads=2, num_layers=1, num_single_layers=1)
+    return {mode: save_tiny_pipeline(tmp_path_factory.mktemp(f"tiny_hv_i2v_{mode}"), model="hunyuan-video-i2v",
+                                     image_condition_type=mode, **small)
+            for mode in ("latent_concat", "token_replace")}
+
+
+def _start_image(path):
+    from PIL import Image
+    y, x = np.mgrid[0:96, 0:160]
+    Image.fromarray(np.stack([x * 255 // 159, y * 255 // 95, (x * y) % 256], -1).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_generate_hunyuan_video_i2v_two_prompts(saved_hv_i2v, tmp_path, capsys, monkeypatch):
+    """Two prompts with one --image: the CLI gives the pipeline one (prompt, image) pair per video, since
+    diffusers' HunyuanVideo I2V encodes the image inside each prompt (Llava) and cannot share one image."""
+    pytest.importorskip("dvg_engine.engine")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, image = saved_hv_i2v["latent_concat"], _start_image(tmp_path / "start.png")
+    base = ["generate", "--model", folder, "--prompt", "a horse galloping", "--prompt", "a quiet lake", *GEOMETRY,
+            "--out", str(tmp_path / "i2v.mp4"), "--no-progress"]
+    code, _, err = _main(base, capsys)
+    assert code == 2
+    _assert_one_line_error(err, "dvg generate", "--image", "required", "HunyuanVideoImageToVideoPipeline")
+    code, _, err = _main(base + ["--image", str(image), "--negative-prompt", "blurry", "--true-cfg-scale", "3"], capsys)
+    assert code == 2
+    _assert_one_line_error(err, "dvg generate", "--negative-prompt", "one video per call")
+
+    code, out, err = _main(base + ["--image", image, "--seed", "3", "--report", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pipeline"] == "HunyuanVideoImageToVideoPipeline" and report["seed"] == 3
+    assert report["prompts"] == ["a horse galloping", "a quiet lake"]
+    samples = report["dvg_report"]["samples"]
+    assert len(samples) == 2 and all(s["stage_shapes"][-1] == [5, 16, 16] for s in samples)
+    assert all(0 < s["token_step_ratio"] < 1 for s in samples)
+    assert "video 1:" in out
+    import imageio.v3 as iio
+    for i in range(2):
+        # latent_concat: the pipeline drops the 4 pixel frames decoded from the conditioning frame
+        assert iio.imread(tmp_path / f"i2v_{i}.mp4", plugin="FFMPEG").shape == (17 - 4, 128, 128, 3)
+
+
+def test_generate_hunyuan_video_i2v_token_replace_with_baseline(saved_hv_i2v, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("dvg_engine.engine")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = _start_image(tmp_path / "start.png")
+    code, out, err = _main(["generate", "--model", saved_hv_i2v["token_replace"], "--image", image, "--prompt",
+                            "a red fox", *GEOMETRY, "--baseline", "--report", str(tmp_path / "r.json"),
+                            "--out", str(tmp_path / "fox.mp4"), "--no-progress"], capsys)
+    assert code == 0, err
+    for name in ("fox.mp4", "fox_baseline.mp4", "fox_compare.mp4"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pipeline"] == "HunyuanVideoImageToVideoPipeline"
+    assert report["speedup"] == pytest.approx(report["time_s"]["baseline"] / report["time_s"]["dvg"])
+    assert report["dvg_report"]["samples"][0]["stage_shapes"][-1] == [5, 16, 16]
+    assert "baseline" in out
+    import imageio.v3 as iio
+    dvg = iio.imread(tmp_path / "fox.mp4", plugin="FFMPEG")
+    baseline = iio.imread(tmp_path / "fox_baseline.mp4", plugin="FFMPEG")
+    # token_replace keeps every frame (latent_concat drops the first 4, as diffusers does)
+    assert dvg.shape == baseline.shape == (17, 128, 128, 3)
+
+
+@pytest.mark.parametrize("model, tiny_name, geometry, small", [
+    ("tiny-i2v", "hunyuan-video-i2v", GEOMETRY, dict(num_attention_heads=2, num_layers=1, num_single_layers=1)),
+    ("tiny-1.5-i2v", "hunyuan-video-1.5-i2v", ["--frames", "17", "--steps", "6"], dict(num_layers=1, target_size=64)),
+])
+def test_generate_embedded_image_to_video_models(model, tiny_name, geometry, small, tmp_path, capsys, monkeypatch):
+    """`--model tiny-i2v` / `tiny-1.5-i2v` build the embedded I2V pipelines (shrunk here for speed)."""
+    pytest.importorskip("dvg_engine.engine")
+    from dvg_engine import tiny
+    built = []
+    real = tiny.build_tiny_pipeline
+
+    def small_builder(name, **kwargs):
+        built.append((name, kwargs))
+        return real(name, **kwargs, **small)
+    monkeypatch.setattr(tiny, "build_tiny_pipeline", small_builder)
+    image = _start_image(tmp_path / "start.png")
+    code, _, err = _main(["generate", "--model", model, "--image", image, "--prompt", "a red fox", *geometry,
+                          "--report", str(tmp_path / "r.json"), "--out", str(tmp_path / "v.mp4"), "--no-progress"],
+                         capsys)
+    assert code == 0, err
+    import torch
+    assert built == [(tiny_name, {"dtype": torch.float32})]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pipeline"] == cli.EMBEDDED_MODELS[model] and report["model"] == model
+    assert (tmp_path / "v.mp4").is_file() and 0 < report["dvg_report"]["samples"][0]["token_step_ratio"] < 1

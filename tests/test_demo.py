@@ -11,6 +11,7 @@ from dvg_engine import tiny
 from dvg_engine.plots import plot_plan, tokens_per_step
 from dvg_engine.video import compare_grid, tile_videos, to_uint8_frames, write_compare, write_video
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = dict(height=64, width=96, frames=17, steps=6)
 
 
@@ -250,6 +251,43 @@ def test_run_demo_small_writes_every_output(tmp_path, capsys):
     assert baseline.shape == dvg.shape and baseline.shape[0] == SMALL["frames"]
     assert compare.shape[1] > baseline.shape[1] and compare.shape[0] == SMALL["frames"]
     assert report["outputs"]["report"] == str(out / "report.json")
+
+
+def test_demo_image_runs_the_tiny_hunyuan_video_i2v(tmp_path, capsys):
+    """`dvg demo --image` runs the embedded HunyuanVideo I2V (Llava prompt encoder): one image per prompt."""
+    pytest.importorskip("dvg_engine.engine")
+    from PIL import Image
+    from dvg_engine import cli
+    image = tmp_path / "start.png"
+    Image.fromarray((np.random.RandomState(1).rand(72, 120, 3) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--image", str(image), "--out", str(out), "--seed", "2", "--no-progress",
+                     "--height", str(SMALL["height"]), "--width", str(SMALL["width"]), "--frames", str(SMALL["frames"]),
+                     "--steps", str(SMALL["steps"])])
+    printed = capsys.readouterr().out
+    assert code == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["settings"]["model"] == "embedded tiny HunyuanVideo image-to-video (random weights)"
+    assert saved["settings"]["image"] == str(image) and "image-to-video" in printed
+    assert saved["dvg_report"]["pipeline"] == "HunyuanVideoImageToVideoPipeline"
+    assert [s["stage_shapes"][-1] for s in saved["samples"]] == [[5, 8, 12]] * 2
+    assert all(0 < s["token_step_ratio"] < 1 for s in saved["samples"])
+    import imageio.v3 as iio
+    # latent_concat: the pipeline drops the 4 frames decoded from the image frame, in both runs
+    assert iio.imread(out / "dvg.mp4", plugin="FFMPEG").shape[0] == SMALL["frames"] - 4
+    assert iio.imread(out / "baseline.mp4", plugin="FFMPEG").shape[0] == SMALL["frames"] - 4
+
+
+@pytest.mark.parametrize("image, needle", [("/no/such.png", "does not exist"), (123, "invalid")])
+def test_run_demo_rejects_bad_image_before_building(tmp_path, monkeypatch, image, needle):
+    from dvg_engine import demo
+
+    def boom(**kwargs):
+        raise AssertionError("the pipeline must not be built for a bad image")
+    monkeypatch.setattr(tiny, "tiny_hunyuan_video_i2v_pipeline", boom)
+    with pytest.raises(ValueError, match=rf"image=.*{needle}.*allowed: .*PIL image"):
+        demo.run_demo(out_dir=str(tmp_path / "d"), image=image, progress=False, **SMALL)
+    assert not (tmp_path / "d").exists()
 
 
 def test_run_demo_rejects_infeasible_budget_before_building(tmp_path, monkeypatch):

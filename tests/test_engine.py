@@ -17,6 +17,9 @@ from _tiny_pipes import gens  # noqa: F401  (also the fixtures hv / fresh_hv, in
 from dvg_engine.ops import _registry
 from dvg_engine import planner
 
+# tiny tensors: torch's intra-op threads only add spin-wait on the shared CI cores (see conftest)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GEOM = dict(height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inference_steps=tp.STEPS,
             output_type="latent")
 # fp32 model; the varlen path changes only the summation order of the attention

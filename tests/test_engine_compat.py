@@ -15,6 +15,9 @@ from dvg_engine import processors
 from dvg_engine.engine import compile_pipeline
 from _tiny_pipes import gens  # noqa: F401  (also the fixtures hv / fresh_hv, in conftest.py)
 
+# tiny tensors: torch's intra-op threads only add spin-wait on the shared CI cores (see conftest)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GEOM = dict(height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inference_steps=tp.STEPS,
             output_type="latent")
 
@@ -161,16 +164,30 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @needs_cuda
 def test_compile_blocks_once_per_stage_shape_cuda():
+    """Inductor on CUDA (the CPU twin with a counting backend: tests/test_engine_compile.py): graphs are compiled
+    at the first step of each stage only, the same number at each, and none on a second call."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
     torch._dynamo.reset()
     pipe = tp.hv_pipe().to("cuda")
     pipe.set_progress_bar_config(disable=True)
     compile_pipeline(pipe, budget=0.5, compile_blocks=True)
-    from torch._dynamo.utils import counters
     counters.clear()
-    pipe(**tp.hv_prompt(1), generator=torch.Generator("cuda").manual_seed(0), **GEOM)
-    frames = counters["stats"]["unique_graphs"]
-    pipe(**tp.hv_prompt(1), generator=torch.Generator("cuda").manual_seed(0), **GEOM)
+    during = []
+    pre = pipe.transformer.register_forward_pre_hook(lambda m, a: during.append(counters["stats"]["unique_graphs"]))
+    post = pipe.transformer.register_forward_hook(
+        lambda m, a, out: during.append(counters["stats"]["unique_graphs"] - during.pop()))
+    try:
+        pipe(**tp.hv_prompt(1), generator=torch.Generator("cuda").manual_seed(0), **GEOM)
+        frames = counters["stats"]["unique_graphs"]
+        pipe(**tp.hv_prompt(1), generator=torch.Generator("cuda").manual_seed(0), **GEOM)
+    finally:
+        pre.remove()
+        post.remove()
+    executed = pipe.dvg.last_report["executed_model_calls"]
+    stage_starts = [sum(executed[:k]) for k in range(4)]
+    per_step = during[:tp.STEPS]
+    assert per_step[0] > 0 and per_step == [per_step[0] if i in stage_starts else 0 for i in range(tp.STEPS)], per_step
     assert counters["stats"]["unique_graphs"] == frames  # the second call reuses every compiled shape
     assert all("_compiled_call_impl" not in b.__dict__ for b in pipe.transformer.transformer_blocks)
 

@@ -11,18 +11,24 @@ This is diffusers' `norm(x) * (1 + scale[:, None]) + shift[:, None]` of the AdaL
 HunyuanVideo / HunyuanVideo-1.5, but per segment of a packed stream, so samples with different stage grids
 (or different timesteps) can share one forward. Statistics and math are fp32; the output is in x's dtype.
 
+Out variant: `dvg::modulated_layer_norm_out` (the wrapper's `out=`) writes into a caller-provided `(total, D)`
+tensor (any row stride, contiguous last dim, not overlapping the inputs) — for buffers a serving stack owns, and
+on CPU to skip the first-touch page faults of a fresh output. One kernel per backend serves both forms.
+
 Backends: torch reference (always; `upcast=True` = fp32 math, `upcast=False` = diffusers' same-dtype
 arithmetic), Triton (`kernels/modulated_layer_norm.py`), C++ (`csrc/modulated_layer_norm.cpp`).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from dvg_engine.ops import _registry
-from dvg_engine.ops.pack import _FLOAT_DTYPES, _fail, _segment_of, check_cu_seqlens
+from dvg_engine.ops.pack import (_FLOAT_DTYPES, _fail, _segment_of, check_cu_seqlens, check_disjoint, check_out,
+                                 require_out_tensors)
 
 DEFAULT_EPS = 1e-6
 
@@ -66,26 +72,41 @@ def modulated_layer_norm_reference(x: torch.Tensor, cu_seqlens: torch.Tensor, sc
     return F.layer_norm(x, (x.shape[1],), eps=eps) * (1 + scale[segment]) + shift[segment]
 
 
+def _torch_impl(x, cu_seqlens, scale, shift, eps, out=None):
+    result = modulated_layer_norm_reference(x, cu_seqlens, scale, shift, eps, upcast=True)
+    return result if out is None else out.copy_(result)
+
+
 def _triton_impl():
     from dvg_engine.kernels import modulated_layer_norm as triton_ln
     return triton_ln.modulated_layer_norm
 
 
-def _cpp_impl():
+def _cpp_ops():
     if not _registry.cpp_available():
         raise RuntimeError("the C++ extension dvg_engine._C was not built")
-    return torch.ops.dvg._cpp_modulated_layer_norm
+    return torch.ops.dvg
+
+
+def _cpp_impl(x, cu_seqlens, scale, shift, eps, out=None):
+    ops = _cpp_ops()
+    if out is None:  # allocation in C++: a contiguous output, then the same kernel as the out variant
+        return ops._cpp_modulated_layer_norm(x, cu_seqlens, scale, shift, eps)
+    if not hasattr(ops, "_cpp_modulated_layer_norm_out"):
+        raise RuntimeError("the C++ extension dvg_engine._C was built before the out-variant kernels (no "
+                           "dvg::_cpp_modulated_layer_norm_out); rebuild it with `python setup.py build_ext --inplace`")
+    ops._cpp_modulated_layer_norm_out(x, cu_seqlens, scale, shift, eps, out)
+    return out
+
+
+_IMPLS = {"torch": _torch_impl, "triton": _registry.lazy_impl(_triton_impl), "cpp": _cpp_impl}
 
 
 @torch.library.custom_op("dvg::modulated_layer_norm", mutates_args=())
 def _modulated_layer_norm_op(x: torch.Tensor, cu_seqlens: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                              eps: float = DEFAULT_EPS, validate: bool = True) -> torch.Tensor:
     _validate("modulated_layer_norm", x, cu_seqlens, scale, shift, eps, validate)
-    return _registry.dispatch("modulated_layer_norm", x.device, {
-        "torch": lambda *a: modulated_layer_norm_reference(*a, upcast=True),
-        "triton": _registry.lazy_impl(_triton_impl),
-        "cpp": _registry.lazy_impl(_cpp_impl),
-    }, x, cu_seqlens, scale, shift, float(eps))
+    return _registry.dispatch("modulated_layer_norm", x.device, _IMPLS, x, cu_seqlens, scale, shift, float(eps))
 
 
 @_modulated_layer_norm_op.register_fake
@@ -94,11 +115,37 @@ def _(x, cu_seqlens, scale, shift, eps=DEFAULT_EPS, validate=True):
     return x.new_empty(x.shape)
 
 
+def _validate_out(x, cu_seqlens, scale, shift, eps, out, validate: bool, real: bool) -> None:
+    op = "modulated_layer_norm_out"
+    _validate(op, x, cu_seqlens, scale, shift, eps, validate)
+    check_out(op, "out", out, tuple(x.shape), x)
+    if real:
+        check_disjoint(op, {"out": out}, {"x": x, "cu_seqlens": cu_seqlens, "scale": scale, "shift": shift})
+
+
+@torch.library.custom_op("dvg::modulated_layer_norm_out", mutates_args=("out",))
+def _modulated_layer_norm_out_op(x: torch.Tensor, cu_seqlens: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                                 out: torch.Tensor, eps: float = DEFAULT_EPS, validate: bool = True) -> None:
+    _validate_out(x, cu_seqlens, scale, shift, eps, out, validate, real=True)
+    _registry.dispatch("modulated_layer_norm_out", x.device, _IMPLS, x, cu_seqlens, scale, shift, float(eps), out=out)
+
+
+@_modulated_layer_norm_out_op.register_fake
+def _(x, cu_seqlens, scale, shift, out, eps=DEFAULT_EPS, validate=True):
+    _validate_out(x, cu_seqlens, scale, shift, eps, out, False, real=False)
+
+
 def modulated_layer_norm(x: torch.Tensor, cu_seqlens: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                         eps: float = DEFAULT_EPS, validate: bool = True) -> torch.Tensor:
+                         eps: float = DEFAULT_EPS, validate: bool = True,
+                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x: (total, D); cu_seqlens: int32 (B+1,); scale, shift: (B, D) → LayerNorm(x)·(1 + scale[seg]) + shift[seg],
-    (total, D) in x's dtype. `validate=False` skips the checks that read cu_seqlens (a device sync on CUDA)."""
-    return torch.ops.dvg.modulated_layer_norm(x, cu_seqlens, scale, shift, eps, validate)
+    (total, D) in x's dtype. `validate=False` skips the checks that read cu_seqlens (a device sync on CUDA).
+    `out`: a preallocated (total, D) tensor to write into (`dvg::modulated_layer_norm_out`); returned."""
+    if out is None:
+        return torch.ops.dvg.modulated_layer_norm(x, cu_seqlens, scale, shift, eps, validate)
+    require_out_tensors("modulated_layer_norm_out", out=out)
+    torch.ops.dvg.modulated_layer_norm_out(x, cu_seqlens, scale, shift, out, eps, validate)
+    return out
 
 
 __all__ = ["modulated_layer_norm", "modulated_layer_norm_reference"]

@@ -48,6 +48,17 @@ Fused RoPE
   the same expression as diffusers' `get_1d_rotary_pos_embed` (so the angles are bit-identical);
 * out[2i] = x[2i]·cos − x[2i+1]·sin, out[2i+1] = x[2i+1]·cos + x[2i]·sin, in fp32, stored in x's dtype.
 
+Out variants
+------------
+`dvg::pack_tokens_out`, `dvg::unpack_tokens_out` and `dvg::pack_qk_rope_out` write into caller-provided tensors
+(`torch.library.custom_op(..., mutates_args=(...))`, so `torch.compile` and opcheck know what they mutate); the
+public functions take them as `out=` (`latent_out=`/`text_out=`, `q_out=`/`k_out=`). This is how inference
+frameworks embed ops into buffers they own (CUDA graphs, memory arenas, a slice of a larger tensor), and on CPU
+it is also the fast path: a fresh output pays a page fault per 4 KiB page on first touch, which costs several
+times the copy itself (benchmarks/RESULTS.md). An output may have any strides with a contiguous last dimension
+and no two elements in the same memory, and must not overlap any input. Each backend has one kernel: the
+allocating op allocates a contiguous output and runs it (the torch reference returns its own result).
+
 Backends: torch reference (always; sync-free gathers, also the test oracle), Triton (`kernels/pack.py`,
 CUDA, or CPU under TRITON_INTERPRET=1), C++ (`csrc/pack.cpp`, CPU, OpenMP).
 """
@@ -190,6 +201,78 @@ def _check_tokens(op: str, name: str, x, ndims: Tuple[int, ...], device: Optiona
 
 def _features(x: torch.Tensor, leading: int) -> Tuple[int, ...]:
     return tuple(x.shape[leading:])
+
+
+def _overlaps_itself(x: torch.Tensor) -> bool:
+    """True unless the layout provably gives every element its own memory: with the dims of size > 1 sorted by
+    stride, each stride must clear the whole extent of the smaller ones (conservative for exotic interleavings)."""
+    extent = 1
+    for stride, size in sorted((st, n) for n, st in zip(x.shape, x.stride()) if n > 1):
+        if stride < extent:
+            return True
+        extent += stride * (size - 1)
+    return False
+
+
+def check_out(op: str, name: str, out, shape: Tuple[int, ...], like: torch.Tensor) -> None:
+    """Metadata checks of a caller-provided output: exactly `shape`, like's dtype and device, a contiguous last
+    dimension, no element aliasing another (any other strides are fine: e.g. a slice of a larger buffer)."""
+    shape = tuple(shape)
+    if not isinstance(out, torch.Tensor):
+        _fail(op, name, out, f"a torch.Tensor of shape {shape}", TypeError)
+    if tuple(out.shape) != shape:
+        _fail(op, name, out, f"shape {shape}")
+    if out.dtype != like.dtype:
+        _fail(op, name, out, f"dtype {like.dtype} (the dtype of the inputs)")
+    if out.device != like.device:
+        _fail(op, name, out, f"device {like.device} (the device of the inputs)")
+    if out.numel() > 0 and out.shape[-1] > 1 and out.stride(-1) != 1:
+        _fail(op, name, out, "a contiguous last dimension (stride 1)")
+    if out.numel() > 0 and _overlaps_itself(out):
+        _fail(op, name, out, "a layout in which no two elements share memory (not an expand()ed or as_strided "
+              "tensor that repeats elements)")
+
+
+def require_out_tensors(op: str, **outputs) -> None:
+    """Before the dispatcher sees them (it would reject a non-tensor with a message that names no rule): every
+    output of an out variant is a tensor, and outputs that belong together are given together."""
+    together = " and ".join(outputs) + " are given together" if len(outputs) > 1 else ""
+    for name, value in outputs.items():
+        if not isinstance(value, torch.Tensor):
+            _fail(op, name, value, "a torch.Tensor" + (f" ({together})" if together else ""), TypeError)
+
+
+def _byte_range(x: torch.Tensor) -> Optional[Tuple[int, int]]:
+    if x.numel() == 0:
+        return None
+    start = x.data_ptr()
+    return start, start + (sum((n - 1) * st for n, st in zip(x.shape, x.stride())) + 1) * x.element_size()
+
+
+def check_disjoint(op: str, outputs: dict, inputs: dict) -> None:
+    """No output may share memory with an input or with another output: the kernels read inputs while writing
+    outputs, in an order no caller should depend on. Compares address ranges (an interleaving of two views of
+    one buffer that never touch is reported as overlapping). Real tensors only; fake/meta ones have no memory."""
+    tensors = [t for t in list(outputs.values()) + list(inputs.values()) if isinstance(t, torch.Tensor)]
+    if any(t.device.type == "meta" or _is_fake(t) for t in tensors):
+        return
+    out_items = list(outputs.items())
+    for i, (out_name, out) in enumerate(out_items):
+        mine = _byte_range(out)
+        if mine is None:
+            continue
+        others = list(inputs.items()) + out_items[i + 1:]
+        for other_name, other in others:
+            if other is None or other.device != out.device:
+                continue
+            theirs = _byte_range(other)
+            if theirs is not None and mine[0] < theirs[1] and theirs[0] < mine[1]:
+                _fail(op, out_name, out, f"memory that does not overlap {other_name} (it does)")
+
+
+def _is_fake(x: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    return is_fake(x)
 
 
 def _text_counts(op: str, lat: List[int], seq: List[int], capacity: Optional[int], text_cu: Optional[List[int]]) -> None:
@@ -401,7 +484,7 @@ def unpack_tokens_reference(packed: torch.Tensor, cu_latent: torch.Tensor, cu_se
 
 
 # ----------------------------------------------------------------------------------------------------
-# Backend loaders
+# Backends: one implementation per backend and op, writing into `out=` tensors when given, else allocating
 # ----------------------------------------------------------------------------------------------------
 
 def _triton_module():
@@ -415,6 +498,76 @@ def _cpp_ops():
     return torch.ops.dvg
 
 
+def _cpp_out_op(name: str):
+    ops = _cpp_ops()
+    if not hasattr(ops, name):
+        raise RuntimeError(f"the C++ extension dvg_engine._C was built before the out-variant kernels (no dvg::{name}); "
+                           "rebuild it with `python setup.py build_ext --inplace`")
+    return getattr(ops, name)
+
+
+def _pack_torch(latent, text, cu_latent, cu_seqlens, total, cu_text, out=None):
+    result = pack_tokens_reference(latent, text, cu_latent, cu_seqlens, total, upcast=True, cu_text=cu_text)
+    return result if out is None else out.copy_(result)
+
+
+def _pack_cpp(latent, text, cu_latent, cu_seqlens, total, cu_text, out=None):
+    if out is None:  # allocation in C++: a contiguous output, then the same kernel as the out variant
+        return _cpp_ops()._cpp_pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text)
+    _cpp_out_op("_cpp_pack_tokens_out")(latent, text, cu_latent, cu_seqlens, total, cu_text, out)
+    return out
+
+
+def _unpack_torch(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out=None, text_out=None):
+    latent, text = unpack_tokens_reference(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text)
+    if latent_out is None:
+        return latent, text
+    return latent_out.copy_(latent), text_out.copy_(text)
+
+
+def _unpack_cpp(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out=None, text_out=None):
+    if latent_out is None:
+        return _cpp_ops()._cpp_unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text)
+    _cpp_out_op("_cpp_unpack_tokens_out")(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out,
+                                          text_out)
+    return latent_out, text_out
+
+
+def _pack_qk_rope_torch(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq,
+                        rope_axes_dim, total, cu_text, q_out=None, k_out=None):
+    q, k = (pack_tokens_reference(lat, txt, cu_latent, cu_seqlens, total, grid_sizes, inv_freq, rope_axes_dim,
+                                  upcast=True, cu_text=cu_text)
+            for lat, txt in ((q_latent, q_text), (k_latent, k_text)))
+    if q_out is None:
+        return q, k
+    return q_out.copy_(q), k_out.copy_(k)
+
+
+def _pack_qk_rope_cpp(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq,
+                      rope_axes_dim, total, cu_text, q_out=None, k_out=None):
+    args = (q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim, total,
+            cu_text)
+    if q_out is None:
+        return _cpp_ops()._cpp_pack_qk_rope(*args)
+    _cpp_out_op("_cpp_pack_qk_rope_out")(*args, q_out, k_out)
+    return q_out, k_out
+
+
+_PACK_IMPLS = {"torch": _pack_torch, "triton": _registry.lazy_impl(lambda: _triton_module().pack_tokens),
+               "cpp": _pack_cpp}
+_UNPACK_IMPLS = {"torch": _unpack_torch, "triton": _registry.lazy_impl(lambda: _triton_module().unpack_tokens),
+                 "cpp": _unpack_cpp}
+_PACK_QK_ROPE_IMPLS = {"torch": _pack_qk_rope_torch,
+                       "triton": _registry.lazy_impl(lambda: _triton_module().pack_qk_rope),
+                       "cpp": _pack_qk_rope_cpp}
+
+
+def _unpack_shapes(packed, cu_seqlens, total_latent: int, text_len: int, stream: bool):
+    features = tuple(packed.shape[1:])
+    text_rows = (text_len,) if stream else (cu_seqlens.shape[0] - 1, text_len)
+    return (total_latent, *features), (*text_rows, *features)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------------
@@ -423,11 +576,8 @@ def _cpp_ops():
 def _pack_tokens_op(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
                     total: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> torch.Tensor:
     _validate_pack("pack_tokens", latent, text, cu_latent, cu_seqlens, total, validate, cu_text=cu_text)
-    return _registry.dispatch("pack_tokens", latent.device, {
-        "torch": lambda *a: pack_tokens_reference(*a[:5], upcast=True, cu_text=a[5]),
-        "triton": _registry.lazy_impl(lambda: _triton_module().pack_tokens),
-        "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_pack_tokens),
-    }, latent, text, cu_latent, cu_seqlens, total, cu_text)
+    return _registry.dispatch("pack_tokens", latent.device, _PACK_IMPLS, latent, text, cu_latent, cu_seqlens, total,
+                              cu_text)
 
 
 @_pack_tokens_op.register_fake
@@ -436,31 +586,71 @@ def _(latent, text, cu_latent, cu_seqlens, total, cu_text=None, validate=True):
     return latent.new_empty((total, *latent.shape[1:]))
 
 
+def _validate_pack_out(latent, text, cu_latent, cu_seqlens, total, cu_text, out, validate: bool, real: bool):
+    op = "pack_tokens_out"
+    _validate_pack(op, latent, text, cu_latent, cu_seqlens, total, validate, cu_text=cu_text)
+    check_out(op, "out", out, (total, *latent.shape[1:]), latent)
+    if real:
+        check_disjoint(op, {"out": out}, {"latent": latent, "text": text, "cu_latent": cu_latent,
+                                          "cu_seqlens": cu_seqlens, "cu_text": cu_text})
+
+
+@torch.library.custom_op("dvg::pack_tokens_out", mutates_args=("out",))
+def _pack_tokens_out_op(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
+                        total: int, out: torch.Tensor, cu_text: Optional[torch.Tensor] = None,
+                        validate: bool = True) -> None:
+    _validate_pack_out(latent, text, cu_latent, cu_seqlens, total, cu_text, out, validate, real=True)
+    _registry.dispatch("pack_tokens_out", latent.device, _PACK_IMPLS, latent, text, cu_latent, cu_seqlens, total,
+                       cu_text, out=out)
+
+
+@_pack_tokens_out_op.register_fake
+def _(latent, text, cu_latent, cu_seqlens, total, out, cu_text=None, validate=True):
+    _validate_pack_out(latent, text, cu_latent, cu_seqlens, total, cu_text, out, False, real=False)
+
+
 @torch.library.custom_op("dvg::unpack_tokens", mutates_args=())
 def _unpack_tokens_op(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, total_latent: int,
                       text_len: int, cu_text: Optional[torch.Tensor] = None,
                       validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, validate, cu_text)
-    return _registry.dispatch("unpack_tokens", packed.device, {
-        "torch": unpack_tokens_reference,
-        "triton": _registry.lazy_impl(lambda: _triton_module().unpack_tokens),
-        "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_unpack_tokens),
-    }, packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text)
+    return _registry.dispatch("unpack_tokens", packed.device, _UNPACK_IMPLS, packed, cu_latent, cu_seqlens,
+                              total_latent, text_len, cu_text)
 
 
 @_unpack_tokens_op.register_fake
 def _(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text=None, validate=True):
     _validate_unpack("unpack_tokens", packed, cu_latent, cu_seqlens, total_latent, text_len, False, cu_text)
-    text_shape = (text_len,) if cu_text is not None else (cu_seqlens.shape[0] - 1, text_len)
-    return (packed.new_empty((total_latent, *packed.shape[1:])),
-            packed.new_empty((*text_shape, *packed.shape[1:])))
+    latent_shape, text_shape = _unpack_shapes(packed, cu_seqlens, total_latent, text_len, cu_text is not None)
+    return packed.new_empty(latent_shape), packed.new_empty(text_shape)
 
 
-def _pack_qk_rope_reference(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq,
-                            rope_axes_dim, total, cu_text):
-    return tuple(pack_tokens_reference(lat, txt, cu_latent, cu_seqlens, total, grid_sizes, inv_freq, rope_axes_dim,
-                                       upcast=True, cu_text=cu_text)
-                 for lat, txt in ((q_latent, q_text), (k_latent, k_text)))
+def _validate_unpack_out(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out, text_out,
+                         validate: bool, real: bool):
+    op = "unpack_tokens_out"
+    _validate_unpack(op, packed, cu_latent, cu_seqlens, total_latent, text_len, validate, cu_text)
+    latent_shape, text_shape = _unpack_shapes(packed, cu_seqlens, total_latent, text_len, cu_text is not None)
+    check_out(op, "latent_out", latent_out, latent_shape, packed)
+    check_out(op, "text_out", text_out, text_shape, packed)
+    if real:
+        check_disjoint(op, {"latent_out": latent_out, "text_out": text_out},
+                       {"packed": packed, "cu_latent": cu_latent, "cu_seqlens": cu_seqlens, "cu_text": cu_text})
+
+
+@torch.library.custom_op("dvg::unpack_tokens_out", mutates_args=("latent_out", "text_out"))
+def _unpack_tokens_out_op(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, total_latent: int,
+                          text_len: int, latent_out: torch.Tensor, text_out: torch.Tensor,
+                          cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> None:
+    _validate_unpack_out(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out, text_out,
+                         validate, real=True)
+    _registry.dispatch("unpack_tokens_out", packed.device, _UNPACK_IMPLS, packed, cu_latent, cu_seqlens, total_latent,
+                       text_len, cu_text, latent_out=latent_out, text_out=text_out)
+
+
+@_unpack_tokens_out_op.register_fake
+def _(packed, cu_latent, cu_seqlens, total_latent, text_len, latent_out, text_out, cu_text=None, validate=True):
+    _validate_unpack_out(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent_out, text_out,
+                         False, real=False)
 
 
 @torch.library.custom_op("dvg::pack_qk_rope", mutates_args=())
@@ -471,12 +661,8 @@ def _pack_qk_rope_op(q_latent: torch.Tensor, k_latent: torch.Tensor, q_text: tor
                      validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     _validate_pack("pack_qk_rope", q_latent, q_text, cu_latent, cu_seqlens, total, validate, grid_sizes, cu_text)
     axes = _validate_rope("pack_qk_rope", q_latent, k_latent, q_text, k_text, rope_inv_freq, rope_axes_dim)
-    return _registry.dispatch("pack_qk_rope", q_latent.device, {
-        "torch": _pack_qk_rope_reference,
-        "triton": _registry.lazy_impl(lambda: _triton_module().pack_qk_rope),
-        "cpp": _registry.lazy_impl(lambda: _cpp_ops()._cpp_pack_qk_rope),
-    }, q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, list(axes), total,
-        cu_text)
+    return _registry.dispatch("pack_qk_rope", q_latent.device, _PACK_QK_ROPE_IMPLS, q_latent, k_latent, q_text, k_text,
+                              cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, list(axes), total, cu_text)
 
 
 @_pack_qk_rope_op.register_fake
@@ -488,42 +674,102 @@ def _(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rop
     return q_latent.new_empty(shape), q_latent.new_empty(shape)
 
 
+def _validate_pack_qk_rope_out(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq,
+                               rope_axes_dim, total, cu_text, q_out, k_out, validate: bool, real: bool):
+    op = "pack_qk_rope_out"
+    _validate_pack(op, q_latent, q_text, cu_latent, cu_seqlens, total, validate, grid_sizes, cu_text)
+    axes = _validate_rope(op, q_latent, k_latent, q_text, k_text, rope_inv_freq, rope_axes_dim)
+    shape = (total, *q_latent.shape[1:])
+    check_out(op, "q_out", q_out, shape, q_latent)
+    check_out(op, "k_out", k_out, shape, q_latent)
+    if real:
+        check_disjoint(op, {"q_out": q_out, "k_out": k_out},
+                       {"q_latent": q_latent, "k_latent": k_latent, "q_text": q_text, "k_text": k_text,
+                        "cu_latent": cu_latent, "cu_seqlens": cu_seqlens, "grid_sizes": grid_sizes,
+                        "rope_inv_freq": rope_inv_freq, "cu_text": cu_text})
+    return axes
+
+
+@torch.library.custom_op("dvg::pack_qk_rope_out", mutates_args=("q_out", "k_out"))
+def _pack_qk_rope_out_op(q_latent: torch.Tensor, k_latent: torch.Tensor, q_text: torch.Tensor, k_text: torch.Tensor,
+                         cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, grid_sizes: torch.Tensor,
+                         rope_inv_freq: torch.Tensor, rope_axes_dim: List[int], total: int, q_out: torch.Tensor,
+                         k_out: torch.Tensor, cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> None:
+    axes = _validate_pack_qk_rope_out(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes,
+                                      rope_inv_freq, rope_axes_dim, total, cu_text, q_out, k_out, validate, real=True)
+    _registry.dispatch("pack_qk_rope_out", q_latent.device, _PACK_QK_ROPE_IMPLS, q_latent, k_latent, q_text, k_text,
+                       cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, list(axes), total, cu_text,
+                       q_out=q_out, k_out=k_out)
+
+
+@_pack_qk_rope_out_op.register_fake
+def _(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq, rope_axes_dim, total,
+      q_out, k_out, cu_text=None, validate=True):
+    _validate_pack_qk_rope_out(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, rope_inv_freq,
+                               rope_axes_dim, total, cu_text, q_out, k_out, False, real=False)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Public functions
 # ----------------------------------------------------------------------------------------------------
 
 def pack_tokens(latent: torch.Tensor, text: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor,
-                total: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True) -> torch.Tensor:
+                total: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """latent: (total_latent, [heads,] dim); text: (B, text_len, [heads,] dim) padded, or with `cu_text`
     (B+1,) int32 a stream (total_text, [heads,] dim) → packed (total, [heads,] dim).
 
     Sample b's segment is [its latent tokens ; its text tokens]; see the module docstring. `validate=False`
-    skips the checks that read `cu_*` values (a device sync on CUDA)."""
-    return torch.ops.dvg.pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text, validate)
+    skips the checks that read `cu_*` values (a device sync on CUDA). `out`: a preallocated (total, [heads,] dim)
+    tensor to write into (`dvg::pack_tokens_out`; any strides with a contiguous last dim, not overlapping the
+    inputs), for buffers the caller owns (serving stacks, CUDA graphs) and to skip first-touch page faults on CPU;
+    returned."""
+    if out is None:
+        return torch.ops.dvg.pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text, validate)
+    require_out_tensors("pack_tokens_out", out=out)
+    torch.ops.dvg.pack_tokens_out(latent, text, cu_latent, cu_seqlens, total, out, cu_text, validate)
+    return out
 
 
 def unpack_tokens(packed: torch.Tensor, cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, total_latent: int,
-                  text_len: int, cu_text: Optional[torch.Tensor] = None,
-                  validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                  text_len: int, cu_text: Optional[torch.Tensor] = None, validate: bool = True,
+                  latent_out: Optional[torch.Tensor] = None,
+                  text_out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """packed: (total, [heads,] dim) → latent (total_latent, [heads,] dim) and text: (B, text_len, [heads,] dim)
-    with zeros past each sample's valid text, or with `cu_text` the stream (text_len = total_text, [heads,] dim)."""
-    return torch.ops.dvg.unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, validate)
+    with zeros past each sample's valid text, or with `cu_text` the stream (text_len = total_text, [heads,] dim).
+
+    `latent_out` and `text_out` (both or neither): preallocated outputs of those shapes to write into
+    (`dvg::unpack_tokens_out`, same rules as `pack_tokens`' `out`); returned."""
+    if latent_out is None and text_out is None:
+        return torch.ops.dvg.unpack_tokens(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, validate)
+    require_out_tensors("unpack_tokens_out", latent_out=latent_out, text_out=text_out)
+    torch.ops.dvg.unpack_tokens_out(packed, cu_latent, cu_seqlens, total_latent, text_len, latent_out, text_out,
+                                    cu_text, validate)
+    return latent_out, text_out
 
 
 def pack_qk_rope(q_latent: torch.Tensor, k_latent: torch.Tensor, q_text: torch.Tensor, k_text: torch.Tensor,
                  cu_latent: torch.Tensor, cu_seqlens: torch.Tensor, grid_sizes: torch.Tensor, total: int,
                  rope_axes_dim: Sequence[int] = DEFAULT_ROPE_AXES_DIM, theta: float = DEFAULT_ROPE_THETA,
                  inv_freq: Optional[torch.Tensor] = None, cu_text: Optional[torch.Tensor] = None,
-                 validate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                 validate: bool = True, q_out: Optional[torch.Tensor] = None,
+                 k_out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q/k_latent: (total_latent, heads, head_dim); q/k_text: (B, text_len, heads, head_dim) padded, or with
     `cu_text` streams (total_text, heads, head_dim); grid_sizes: int32 (B, 3) token grid (T, H, W) per sample →
     packed q, k (total, heads, head_dim) with HunyuanVideo's 3-D RoPE applied to the latent tokens. `inv_freq`
-    defaults to `rope_inv_freq(rope_axes_dim, theta, q_latent.device)` (cached)."""
+    defaults to `rope_inv_freq(rope_axes_dim, theta, q_latent.device)` (cached). `q_out` and `k_out` (both or
+    neither): preallocated (total, heads, head_dim) outputs (`dvg::pack_qk_rope_out`); returned."""
     if inv_freq is None:
         inv_freq = rope_inv_freq(rope_axes_dim, theta, q_latent.device)
-    return torch.ops.dvg.pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes,
-                                      inv_freq, list(rope_axes_dim), total, cu_text, validate)
+    if q_out is None and k_out is None:
+        return torch.ops.dvg.pack_qk_rope(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes,
+                                          inv_freq, list(rope_axes_dim), total, cu_text, validate)
+    require_out_tensors("pack_qk_rope_out", q_out=q_out, k_out=k_out)
+    torch.ops.dvg.pack_qk_rope_out(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq,
+                                   list(rope_axes_dim), total, q_out, k_out, cu_text, validate)
+    return q_out, k_out
 
 
 __all__ = ["pack_tokens", "unpack_tokens", "pack_qk_rope", "packed_layout", "rope_inv_freq",
-           "pack_tokens_reference", "unpack_tokens_reference", "check_cu_seqlens"]
+           "pack_tokens_reference", "unpack_tokens_reference", "check_cu_seqlens", "check_out", "check_disjoint",
+           "require_out_tensors"]
