@@ -14,19 +14,24 @@ those a launch with these inputs would compile on the GPU: Triton's own binder d
 the 16-byte divisibility and the ==1 integer specialisations from the real arguments; the autotuned
 attention compiles every config its prune keeps (each after its pre-hook, which sizes the TMA
 descriptors), and the autotune configs no input reaches are compiled once through the launcher's
-explicit-config path. Each compiled kernel is also checked against the target's shared memory.
+explicit-config path. A kernel launched with a fixed config must also fit the target's shared memory
+(autotune configs that do not are only reported: the autotuner skips them at run time).
+
+It relies on Triton internals (the active-driver hook, KernelInterface.__getitem__, JITFunction.warmup,
+Autotuner.prune_configs), written against triton 3.9; where they are missing it says so and exits 3.
 
 Must run in a process where triton was imported WITHOUT `TRITON_INTERPRET=1` (the test suite sets it,
 so the test runs this script in a subprocess). Triton caches compiled kernels (TRITON_CACHE_DIR); a cache
 hit is a kernel with the same source and options that compiled before.
 
 Usage:
-    python benchmarks/aot_compile.py                   # sm90 and sm80, every case; exit 1 on any failure
+    python benchmarks/aot_compile.py                   # sm90 and sm80, the default cases; exit 1 on any failure
+    python benchmarks/aot_compile.py --full --resources  # every variant, with registers / spills per kernel
     python benchmarks/aot_compile.py --arch 90 --shard 0/2 --json out.json
     python benchmarks/aot_compile.py --list            # the case names
     python benchmarks/aot_compile.py --module PATH.py --kernel NAME --arch 90
-        # compile one extra kernel (a file of yours) with the harness: NAME(grid) is a zero-arg
-        # function in that module that launches it (see tests/test_triton_compile.py)
+        # compile the launches of a file of yours with the harness: NAME is a zero-arg function in
+        # that module that launches its kernel(s) (see tests/test_triton_compile.py)
 
 Limits: compiles with the triton installed here (3.9 on the CPU machine), which may be newer than the
 GPU host's (3.6 last session); frontend rules such as constexpr globals hold for both. Register

@@ -280,7 +280,9 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
     the rows so far are logged as one JSON line and written to `partial_path` ({"complete", "rows"}), so a
     run stopped by a time limit still leaves what it measured. Work whose estimate would cross `budget_s`
     (wall seconds from the start of this call, default DEFAULT_BUDGET_S) is skipped with a note in its row.
-    Order: stage 0..3 (ascending cost; stage 3 is the full grid), then the baseline (the slowest).
+    Order: stage 0..3 (ascending cost; stage 3 is the full grid), then the baseline (the slowest), then the
+    extra: stage 3 with RoPE fused into the q/k pack (the engine's `fused_rope` option) vs its RoPE tables.
+    Rows: the four stages, the baseline, the fused-RoPE stage 3, the 50-step loop (None where not measured).
     `device="cpu"` with a tiny `config_override`/`geometry` and fp32 is the smoke test of this code path."""
     from dvg_engine import planner, processors
     cuda = str(device).startswith("cuda")
@@ -322,6 +324,7 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
         attention, linear = _forward_flops(config, block_params, tokens(shape), text)
         estimates[label] = attention / throughput["ours" if ours else "baseline"] + linear / throughput["linear"]
     first_call = _EST_FIRST_CALL_S[kind]
+
     def calls_of(ours: bool) -> int:
         return repeats + (1 if ours else 0)
 

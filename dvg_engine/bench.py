@@ -138,7 +138,7 @@ def render_result(result: Any) -> str:
         return result.strip()
     if isinstance(result, list):
         if not all(isinstance(r, dict) for r in result):
-            raise TypeError(f"run() returned a list with non-dict entries; allowed: a list of dicts (table rows)")
+            raise TypeError("run() returned a list with non-dict entries; allowed: a list of dicts (table rows)")
         return _table(result) if result else "_no rows_"
     if not isinstance(result, dict):
         raise TypeError(f"run() returned {type(result).__name__}; allowed: str, dict, list of dicts or None")

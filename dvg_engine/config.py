@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple, Union
 
 REFERENCE_NOISE_SEED = 12345
 REFERENCE_STAGE_SHIFTS: Tuple[float, float, float, float] = (7.0, 9.0, 11.0, 11.0)
@@ -49,12 +49,14 @@ class DVGConfig:
     stage_shifts: Tuple[float, float, float, float] = REFERENCE_STAGE_SHIFTS
     backend: str = "auto"
     allow_fewer_stages: bool = False
-    validate_inputs: bool = True
     # False: eager blocks. True: `torch.compile` with its defaults. A dict: `torch.compile` keyword arguments
     # (keys COMPILE_BLOCKS_KEYS, e.g. {"backend": "aot_eager"} or {"mode": "max-autotune"}). Always with
     # dynamic=False: one graph per stage shape, none per step; recompile_limit defaults to 64 where torch
     # supports it (see `engine._compiled_blocks`).
     compile_blocks: Union[bool, Dict[str, Any]] = False
+    # True: RoPE is applied inside the q/k packing (`torch.ops.dvg.pack_qk_rope`, cos/sin computed in-kernel)
+    # instead of from per-stage-shape cos/sin tables. Same results (tested); off until it is measured on a GPU.
+    fused_rope: bool = False
     round_num_frames: bool = False
     plan: Optional[Any] = None
 
@@ -76,7 +78,7 @@ class DVGConfig:
         if len(shifts) != 4 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in shifts):
             raise ValueError(f"DVGConfig.stage_shifts={self.stage_shifts!r} is invalid; allowed: four positive numbers")
         self.stage_shifts = tuple(float(s) for s in shifts)
-        for name in ("enabled", "allow_fewer_stages", "validate_inputs", "round_num_frames"):
+        for name in ("enabled", "allow_fewer_stages", "round_num_frames", "fused_rope"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DVGConfig.{name}={getattr(self, name)!r} is not a bool; allowed: True or False")
         if isinstance(self.compile_blocks, dict):

@@ -360,9 +360,8 @@ class _Generation:
 
     def _fused_rope(self) -> bool:
         # `fused_rope` (off by default: unmeasured on a GPU) applies RoPE inside the q/k packing
-        # (`torch.ops.dvg.pack_qk_rope`) instead of from the per-shape tables. Read with a default until
-        # DVGConfig declares the field.
-        return bool(getattr(self.config, "fused_rope", False))
+        # (`torch.ops.dvg.pack_qk_rope`) instead of from the per-shape tables.
+        return self.config.fused_rope
 
     def _velocity_group(self, group_latents, indices, axes, timestep_value, step, group_index=None) -> torch.Tensor:
         prep = self.prep

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from . import planner as P
 

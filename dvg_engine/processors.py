@@ -435,7 +435,6 @@ class PackedHunyuanVideoForward:
         (batch-first, text padded to one length). Returns per sample the velocity (1, C_out, T_b, H_b, W_b)."""
         tr = self.transformer
         p, p_t = tr.config.patch_size, tr.config.patch_size_t
-        batch = len(hidden_list)
         device = hidden_list[0].device
 
         # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text

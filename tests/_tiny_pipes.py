@@ -1,9 +1,11 @@
 """Tiny HunyuanVideo / HunyuanVideo-1.5 pipelines built from configs (no download), for the engine tests.
 
 Text encoders are left out (``None``): the tests pass precomputed prompt embeddings, which is the
-pipelines' own supported path. Head dim 64 (2 heads) so the varlen-attention kernels apply; the
-geometry 128×192 px × 33 frames gives the latent grids of the parity setups (HV [9,16,24], HV-1.5
-[9,8,12]), for which budget 0.5 with 12 steps is feasible and all four stages are distinct.
+pipelines' own supported path. The exception is `hv_i2v_text_pipe`, HunyuanVideo I2V with its real
+prompt path (Llava text encoder with the image in the prompt), from `dvg_engine.tiny`.
+Head dim 64 (2 heads) so the varlen-attention kernels apply; the geometry 128×192 px × 33 frames gives the
+latent grids of the parity setups (HV [9,16,24], HV-1.5 [9,8,12]), for which budget 0.5 with 12 steps is
+feasible and all four stages are distinct.
 """
 from __future__ import annotations
 

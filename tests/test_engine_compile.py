@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch._dynamo
 
 import _tiny_pipes as tp
 from _tolerances import assert_verbose_allclose
@@ -32,7 +33,6 @@ class CountingBackend:
 
 
 def test_compile_blocks_once_per_stage_shape_and_block_class_never_per_step():
-    import torch._dynamo
     torch._dynamo.reset()  # graphs cached by earlier tests (same block classes) would hide the compiles
     # two blocks of each class: instances of one class must share their graph, or the 60 blocks of the real
     # model would run into Dynamo's recompile limit (8 per code object) and silently fall back to eager

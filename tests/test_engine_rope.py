@@ -3,15 +3,12 @@
 transformer's per-shape cos/sin tables applied before packing): same videos within the attention tolerance —
 per plan group (padded text, HunyuanVideo's single-stream blocks included), in the per-sample packed stream,
 and for HunyuanVideo-1.5 with CFG."""
-import dataclasses
 
 import pytest
-import torch
 
 import _tiny_pipes as tp
 from _tolerances import assert_verbose_allclose
 
-from dvg_engine import DVGConfig
 from dvg_engine.engine import compile_pipeline
 from dvg_engine.ops import _registry
 
@@ -25,10 +22,7 @@ ATOL = 2e-5
 
 
 def _set_fused_rope(pipe, on: bool) -> None:
-    if "fused_rope" in {f.name for f in dataclasses.fields(DVGConfig)}:
-        compile_pipeline(pipe, fused_rope=on)
-    else:  # until DVGConfig declares the field, the engine reads the attribute with a default
-        pipe.dvg.config.fused_rope = on
+    compile_pipeline(pipe, fused_rope=on)
 
 
 def _run_both(pipe, call):

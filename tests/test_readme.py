@@ -145,6 +145,15 @@ def test_readme_has_runnable_and_marked_commands():
             f"unexpected README command {cmd!r}: extend tests/test_readme.py to run it safely")
 
 
+def _write_first_frame(path):
+    from PIL import Image
+    import numpy as np
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 64, dtype=np.uint8)[None, :]
+    rgb[16:48, 16:48, 1] = 200
+    Image.fromarray(rgb).save(path)
+
+
 @pytest.mark.parametrize("command", _runnable_shell())
 def test_readme_command_runs(command, tmp_path):
     if re.search(r"(^|\s)dvg bench\b", command):
@@ -154,6 +163,8 @@ def test_readme_command_runs(command, tmp_path):
         recipe = [line for line in _makefile_recipe(target) if "$(VENV)/bin/dvg" in line]
         assert recipe, f"make {target}: only targets that run dvg are run here"
         command = recipe[0].replace("$(VENV)/bin/dvg", "dvg")
+    if "first_frame.png" in command:
+        _write_first_frame(tmp_path / "first_frame.png")  # the README's stand-in for the user's own picture
     command = re.sub(r"(^|\s)dvg(\s)", lambda m: m.group(1) + _dvg_exe() + m.group(2), command, count=1)
     proc = subprocess.run(command, shell=True, executable="/bin/bash", cwd=tmp_path, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=900)
