@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.dvg-installed
 
-.PHONY: venv demo plan test test-fast bench bench-quick gpu-check clean
+.PHONY: venv demo plan test test-fast bench bench-quick gpu-check aot-check clean
 
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-quick: $(STAMP)
 # GPU_CHECK_ARGS="--wheels DIR" for what it lacks). Without a GPU it says so and exits 0.
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Compiles every Triton kernel the ops launch for sm_90 and sm_80 (to cubin) on a machine without a GPU,
+# catching what the interpreter accepts and compiled Triton rejects (tests/test_triton_compile.py runs it).
+aot-check: $(STAMP)
+	$(PY) benchmarks/aot_compile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dvg_engine/*.so outputs

@@ -29,6 +29,7 @@ budget (`--budget-s`, default 400 s: one 600 s device call holds it with the int
 
     python benchmarks/bench_e2e.py --device cuda --quick --json e2e.json      # ~2-4 min on an H100
     python benchmarks/bench_e2e.py --device cuda --budget-s 540 --json e2e.json  # 60 blocks; may skip the baseline
+    python benchmarks/bench_e2e.py --device meta --quick     # no GPU: dry run of that code path, real shapes
 """
 from __future__ import annotations
 
@@ -176,8 +177,9 @@ DEFAULT_BUDGET_S = 400.0
 # H100 bf16, measured last session — packed Triton attention ~500 TFLOP/s, diffusers' padded-mask SDPA
 # ~100-140 (memory-efficient kernel), dense linears ~600.
 _EST_THROUGHPUT = {"cuda": dict(ours=450e12, baseline=110e12, linear=550e12),
-                   "cpu": dict(ours=20e9, baseline=10e9, linear=40e9)}
-_EST_FIRST_CALL_S = {"cuda": 45.0, "cpu": 0.0}  # Triton compile + autotune at a new stage shape (guess)
+                   "cpu": dict(ours=20e9, baseline=10e9, linear=40e9),
+                   "meta": dict(ours=1e18, baseline=1e18, linear=1e18)}  # the dry run computes nothing
+_EST_FIRST_CALL_S = {"cuda": 45.0, "cpu": 0.0, "meta": 0.0}  # Triton compile + autotune at a new shape (guess)
 
 
 def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
@@ -185,7 +187,10 @@ def _materialise(config: Dict, device: str, dtype: torch.dtype, seed: int = 0):
     with torch.device("meta"):
         model = HunyuanVideoTransformer3DModel(**config)
     # cast while still on the meta device: materialising in fp32 first would need 52 GB for the 13B model
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    if torch.device(device).type == "meta":  # the dry run: shapes only, no weights
+        return model.eval()
+    model = model.to_empty(device=device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -283,7 +288,9 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
     Order: stage 0..3 (ascending cost; stage 3 is the full grid), then the baseline (the slowest), then the
     extra: stage 3 with RoPE fused into the q/k pack (the engine's `fused_rope` option) vs its RoPE tables.
     Rows: the four stages, the baseline, the fused-RoPE stage 3, the 50-step loop (None where not measured).
-    `device="cpu"` with a tiny `config_override`/`geometry` and fp32 is the smoke test of this code path."""
+    `device="cpu"` with a tiny `config_override`/`geometry` and fp32 is the smoke test of this code path;
+    `device="meta"` is a dry run of the real configuration and geometry (shapes only, no weights, ~seconds):
+    every forward of the GPU run goes through the same processors and ops (their fake implementations)."""
     from dvg_engine import planner, processors
     cuda = str(device).startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -316,7 +323,7 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
     # last, as an extra: the full grid with RoPE applied inside the q/k packing (the engine's `fused_rope`
     # option, off by default until measured on a GPU) against stage 3's per-shape RoPE tables
     items.append(("stage3_fused_rope", tuple(plan.stage_shapes[-1]), GPU_TEXT_VALID, True))
-    kind = "cuda" if cuda else "cpu"
+    kind = "cuda" if cuda else torch.device(device).type
     throughput = _EST_THROUGHPUT[kind]
     block_params = _block_params(config)
     estimates = {}
@@ -346,7 +353,7 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
     clock.say("building the transformer (meta device, materialised on the target)")
     model = _materialise(config, device, dtype)
     clock.say(f"built: {sum(p.numel() for p in model.parameters()) / 1e9:.3g} B parameters")
-    g = torch.Generator(device).manual_seed(1)
+    g = None if torch.device(device).type == "meta" else torch.Generator(device).manual_seed(1)
     text_embeds = torch.randn(1, GPU_TEXT_LEN, config["text_embed_dim"], device=device, dtype=dtype, generator=g)
     mask = torch.zeros(1, GPU_TEXT_LEN, device=device, dtype=dtype)
     mask[:, :GPU_TEXT_VALID] = 1
@@ -457,15 +464,16 @@ def _gpu_rows(plan, grid, calls, measured, scale, timed_layers, repeats, device,
                  "ideal_speedup": ideal, "speedup_over_ideal": None if implied is None else implied / ideal,
                  "density": plan.density, "wall_s": round(clock.elapsed(), 1), "wall_budget_s": budget_s,
                  "skipped": list(skipped),
-                 "gpu": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu (smoke)"})
+                 "gpu": torch.cuda.get_device_name(device) if str(device).startswith("cuda")
+                 else f"{torch.device(device).type} (smoke, times meaningless)"})
     return rows
 
 
 def run(device: str = "cuda", quick: bool = False, *, budget_s: Optional[float] = None,
         partial_path: Optional[str] = None) -> List[dict]:
     """Benchmark rows (dicts). device "cuda": the full-size per-stage timing (within `budget_s` wall seconds,
-    partial rows written to `partial_path`); "cpu": end to end."""
-    if str(device).startswith("cuda"):
+    partial rows written to `partial_path`); "meta": its dry run (shapes only); "cpu": end to end."""
+    if str(device).startswith("cuda") or str(device) == "meta":
         return run_gpu(device, quick, budget_s=budget_s, partial_path=partial_path)
     return run_cpu(quick)
 

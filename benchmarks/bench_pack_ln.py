@@ -248,9 +248,16 @@ def check(device: str = "cuda", dtypes=(torch.float32, torch.float16, torch.bflo
             got = P.pack_tokens(latent, text, cu_latent, cu_seqlens, total)
             q, k = P.pack_qk_rope(latent, latent, text, text, cu_latent, cu_seqlens, grid_sizes, total, ROPE_AXES)
             lat, txt = P.unpack_tokens(got, cu_latent, cu_seqlens, latent.shape[0], TEXT_PAD)
+            # out variants into NaN-poisoned buffers: every element must be written
+            got_out = P.pack_tokens(latent, text, cu_latent, cu_seqlens, total, out=torch.full_like(ref, float("nan")))
+            lat_out, txt_out = P.unpack_tokens(got, cu_latent, cu_seqlens, latent.shape[0], TEXT_PAD,
+                                               latent_out=torch.full_like(lat_ref, float("nan")),
+                                               text_out=torch.full_like(txt_ref, float("nan")))
         name = str(dtype).replace("torch.", "")
         report(f"pack_tokens {name}", torch.equal(got, ref))
         report(f"unpack_tokens {name}", torch.equal(lat, lat_ref) and torch.equal(txt, txt_ref))
+        report(f"pack_tokens out= {name}", torch.equal(got_out, ref))
+        report(f"unpack_tokens out= {name}", torch.equal(lat_out, lat_ref) and torch.equal(txt_out, txt_ref))
         for label, a, b in (("q", q, q_ref), ("k", k, k_ref)):
             err = (a.float() - b.float()).abs().max().item()
             bound = tol[dtype] * (1 + b.float().abs().max().item())
@@ -258,6 +265,8 @@ def check(device: str = "cuda", dtypes=(torch.float32, torch.float16, torch.bflo
         x, cu, scale, shift = _ln_inputs(4096, 3072, dtype, device)
         with _registry.use_backend("triton"):
             y = LN.modulated_layer_norm(x, cu, scale, shift)
+            y_out = LN.modulated_layer_norm(x, cu, scale, shift, out=torch.full_like(x, float("nan")))
+        report(f"modulated_layer_norm out= {name}", torch.equal(y_out, y))
         ref64 = LN.modulated_layer_norm_reference(x.double(), cu, scale.double(), shift.double(), upcast=False)
         same = LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=False)
         k_err = (y.double() - ref64).abs().max().item()

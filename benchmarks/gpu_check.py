@@ -48,6 +48,13 @@ GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test
              "tests/test_engine_compat.py::test_compile_blocks_once_per_stage_shape_cuda",
              "tests/test_engine_compat.py::test_model_cpu_offload_cuda"]
 BENCHES = ["bench_attention", "bench_pack_ln", "bench_resample", "bench_e2e"]
+# --plan splits the GPU tests over two device calls: the kernels, then the sampling / demand / engine tests.
+TEST_GROUPS = {
+    "kernels": ["test_varlen_attention.py", "test_pack.py", "test_pack_out.py", "test_modulated_layer_norm.py",
+                "test_resample_renoise.py", "test_packed_step.py"],
+    "engine": ["test_sampling.py", "test_parity_sampling.py", "test_demands.py", "test_parity_demands.py",
+               "test_engine_cuda.py", "test_engine_transitions.py", "test_i2v_cuda.py", "test_engine_compat.py"],
+}
 # Rough wall seconds on an H100 (interpreter start-up, Triton compile and autotune included), for the estimate
 # printed before running and for --plan. Last session: all kernel tests + 3 kernel benches fitted one 600 s
 # call; bench_e2e quick did not (its old version had no budget). Refine these after a measured run.
@@ -212,9 +219,10 @@ def plan_commands(quick: bool = True, out: str = "$OUT") -> list:
     base = "PYTHONPATH=. python benchmarks/gpu_check.py --wheels .whl"
     results = f"--results {out}/results.md"
     lines = [f"# one device call per line ({CALL_LIMIT_S} s each); --wheels only where the host lacks diffusers & co; "
-             "the parity tests need DVG_PARITY_DIR=<the parity folder carried into the tree>",
-             f"DVG_PARITY_DIR=shared/parity {base} --skip-bench --json {out}/tests.json {results}   "
-             f"# ~{ESTIMATE_S['tests']} s"]
+             "the parity tests need DVG_PARITY_DIR=<the parity folder carried into the tree>"]
+    for group, files in TEST_GROUPS.items():
+        lines.append(f"DVG_PARITY_DIR=shared/parity {base} --skip-bench --tests {' '.join(files)} "
+                     f"--json {out}/tests_{group}.json {results}   # ~{ESTIMATE_S['tests'] // len(TEST_GROUPS)} s")
     for name in BENCHES:
         extra = " --bench-budget-s 400" if name == "bench_e2e" else ""
         lines.append(f"{base} --skip-tests --only {name}{' --quick' if quick else ''}{extra} --json {out}/{name}.json "

@@ -185,6 +185,10 @@ class HunyuanVideoAdapter(Adapter):
         super().__init__(pipe)
         self.spatial_factor = int(getattr(pipe, "vae_scale_factor_spatial", 8))
 
+    # diffusers' HunyuanVideoPipeline.encode_prompt repeats what it encodes once per video; the I2V pipeline's
+    # encoders (Llava and CLIP) never do, so its adapter repeats encoded embeddings itself
+    encoder_repeats_videos = True
+
     def latent_channels(self) -> int:
         return int(self.pipe.transformer.config.in_channels)
 
@@ -207,11 +211,14 @@ class HunyuanVideoAdapter(Adapter):
             max_sequence_length=args["max_sequence_length"])
         _text_len_check(prefix + "prompt_attention_mask", embeds, mask)
         videos = int(args["num_videos_per_prompt"])
-        if videos > 1 and args[prefix + "prompt_embeds"] is not None:
-            # encode_prompt repeats what it encodes itself but passes precomputed embeddings through unchanged
-            # (the transformer would then fail on mismatched batches): repeat them per video, as for prompts
-            embeds, mask = embeds.repeat_interleave(videos, 0), mask.repeat_interleave(videos, 0)
-            if args[prefix + "pooled_prompt_embeds"] is not None:
+        if videos > 1:
+            # encode_prompt passes precomputed embeddings through unchanged (and the I2V pipeline's does not repeat
+            # what it encodes either): the transformer would then fail on mismatched batches. Repeated as diffusers
+            # repeats per video, prompt-major with each prompt's videos consecutive, so the per-sample text lengths
+            # read from the mask below repeat the same way.
+            if args[prefix + "prompt_embeds"] is not None or not self.encoder_repeats_videos:
+                embeds, mask = embeds.repeat_interleave(videos, 0), mask.repeat_interleave(videos, 0)
+            if args[prefix + "pooled_prompt_embeds"] is not None or not self.encoder_repeats_videos:
                 pooled = pooled.repeat_interleave(videos, 0)
         lengths = prefix_lengths(prefix + "prompt_attention_mask", mask)
         return embeds.to(transformer_dtype), pooled.to(transformer_dtype), mask.to(transformer_dtype), lengths
@@ -247,7 +254,8 @@ class HunyuanVideoAdapter(Adapter):
         conditions = [Condition("cond", dict(encoder_hidden_states=embeds, encoder_attention_mask=mask,
                                              pooled_projections=pooled, **common), lengths, embeds.shape[1])]
         if do_true_cfg:
-            n_embeds, n_pooled, n_mask, n_lengths = self._encode(args, device, dtype, negative=True)
+            n_embeds, n_pooled, n_mask, n_lengths = self._match_negative_batch(
+                args, batch, *self._encode(args, device, dtype, negative=True))
             conditions.append(Condition("uncond", dict(encoder_hidden_states=n_embeds, encoder_attention_mask=n_mask,
                                                        pooled_projections=n_pooled, **common),
                                         n_lengths, n_embeds.shape[1]))
@@ -268,6 +276,24 @@ class HunyuanVideoAdapter(Adapter):
 
     def _prepare_extra(self, prep: Prepared, args) -> None:
         pass
+
+    @staticmethod
+    def _match_negative_batch(args, batch: int, embeds, pooled, mask, lengths):
+        """embeds (N, L, D), pooled (N, P), mask (N, L), lengths [N] of the negative prompt(s) -> N = batch rows.
+
+        One negative prompt for several prompts is used for each of them, as diffusers' other pipelines do with a
+        string negative prompt (HunyuanVideo's would fail on the mismatched batches in the transformer)."""
+        rows, videos = embeds.shape[0], int(args["num_videos_per_prompt"])
+        if rows == batch:
+            return embeds, pooled, mask, lengths
+        prompts = batch // videos
+        if rows == videos:
+            # the rows are the one negative prompt's videos, all equal: any tiling keeps prompt-major order
+            return (embeds.repeat(prompts, 1, 1), pooled.repeat(prompts, 1), mask.repeat(prompts, 1),
+                    lengths * prompts)
+        name = "negative_prompt" if args["negative_prompt"] is not None else "negative_prompt_embeds"
+        _checks.fail(name, args[name], f"one negative prompt (used for every prompt) or {prompts}, one per prompt "
+                                       f"(got {rows // videos})")
 
     def prepare_noise(self, prep: Prepared, shape, generator, latents=None, stage_axes=None) -> torch.Tensor:
         """Stage noise (B, C, T, H, W) float32 from the user's generator, through the pipeline's own method."""
@@ -293,6 +319,42 @@ def _subsample(image_latents: torch.Tensor, stage_axes) -> torch.Tensor:
     return image_latents.index_select(3, rows).index_select(4, cols)
 
 
+def _prompt_count(args, prefix: str) -> int:
+    """How many prompts (before the per-video repeat) the `prefix`ed prompt arguments hold."""
+    prompt = args[prefix + "prompt"]
+    if isinstance(prompt, str):
+        return 1
+    if prompt is not None:
+        return len(prompt)
+    embeds = args[prefix + "prompt_embeds"]
+    return int(embeds.shape[0]) if embeds is not None else 1
+
+
+def _image_count(image) -> int:
+    """Images in a pipeline image input: a list, or a batched (4-D) tensor/array, holds several; anything else
+    (PIL image, 3-D tensor/array) is one, as diffusers' VideoProcessor and the CLIP image processor count them."""
+    if isinstance(image, (list, tuple)):
+        return len(image)
+    if getattr(image, "ndim", 0) == 4:
+        return int(image.shape[0])
+    return 1
+
+
+def _repeat_image(image, count: int):
+    """One image input -> `count` copies in the same kind of input (a list, or a batched tensor/array); an input
+    that already holds several images is returned unchanged."""
+    if count <= 1 or _image_count(image) != 1:
+        return image
+    if isinstance(image, (list, tuple)):
+        return list(image) * count
+    if getattr(image, "ndim", 0) == 4:
+        if isinstance(image, torch.Tensor):
+            return image.expand(count, *image.shape[1:])
+        import numpy as np
+        return np.repeat(image, count, axis=0)
+    return [image] * count
+
+
 class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
     """HunyuanVideoImageToVideoPipeline. The image latent is encoded once at full resolution and, per stage,
     sub-sampled on the stage's nested (h, w) axes (dvg-spec §13's HunyuanVideo-1.5 rule, applied to this
@@ -309,38 +371,46 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
     def condition_type(self) -> str:
         return self.pipe.transformer.config.image_condition_type
 
+    encoder_repeats_videos = False
+
     def _check_inputs(self, args, height, width, callback_inputs) -> None:
         self.pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
                                args["prompt_template"], args["true_cfg_scale"], args["guidance_scale"])
+        images, prompts = _image_count(args["image"]), _prompt_count(args, "")
+        if images not in (1, prompts):
+            # refused here: Llava would fail with "Image features and image tokens do not match"
+            raise ValueError(f"image=<{images} images> is invalid for {prompts} prompts; allowed: one image (used "
+                             f"for every prompt) or a list of {prompts} images, one per prompt")
 
     def _encode_extra(self, args, negative: bool) -> Dict[str, Any]:
         interleave = args["image_embed_interleave"]
         if interleave is None:
             interleave = {"latent_concat": 2, "token_replace": 4}.get(self.condition_type, 1)
+        # Llava encodes prompt i with image i, so one image for several prompts is repeated per prompt (as the
+        # pipeline's own call needs; it fails on one image with a prompt list).
+        prompts = _prompt_count(args, "negative_" if negative else "")
         if negative:
             import PIL.Image
+            # the pipeline's black image, with its default interleave (it passes none for the negative prompt)
             image = PIL.Image.new("RGB", (args["width"], args["height"]), 0)
-            return {"image": image}
-        return {"image": args["image"], "image_embed_interleave": interleave}
+            return {"image": _repeat_image(image, prompts)}
+        return {"image": _repeat_image(args["image"], prompts), "image_embed_interleave": interleave}
 
     def _prepare_extra(self, prep: Prepared, args) -> None:
         from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import retrieve_latents
         pipe = self.pipe
         image = pipe.video_processor.preprocess(args["image"], prep.height, prep.width).to(prep.device, pipe.vae.dtype)
         image = image.unsqueeze(2)
-        generator = prep.generator
-        # As the pipeline's prepare_latents: one encode per sample (argmax: the generator is not consumed). One
-        # image for a batch is encoded once (the pipeline would index it per sample and fail with generator lists).
-        if image.shape[0] == 1 and prep.batch > 1:
-            latents = [retrieve_latents(pipe.vae.encode(image), None, "argmax")]
-        elif isinstance(generator, list):
-            latents = [retrieve_latents(pipe.vae.encode(image[i].unsqueeze(0)), generator[i], "argmax")
-                       for i in range(prep.batch)]
-        else:
-            latents = [retrieve_latents(pipe.vae.encode(img.unsqueeze(0)), generator, "argmax") for img in image]
+        # As the pipeline's prepare_latents: one encode per image, batch 1 each (a batched encode may round
+        # differently). The argmax (mode) latent consumes no generator, so each distinct image is encoded once,
+        # then shared: one image by every sample, image i by the videos of prompt i (prompt-major, as the prompt
+        # embeddings are repeated); the pipeline instead indexes the images per sample and fails for both.
+        latents = [retrieve_latents(pipe.vae.encode(img.unsqueeze(0)), None, "argmax") for img in image]
         latents = torch.cat(latents, dim=0).to(torch.float32) * pipe.vae_scaling_factor
-        if latents.shape[0] != prep.batch:  # one image for all videos of the prompt(s)
+        if latents.shape[0] == 1:
             latents = latents.expand(prep.batch, -1, -1, -1, -1)
+        else:
+            latents = latents.repeat_interleave(prep.batch // latents.shape[0], 0)
         prep.extra["image_latents"] = latents
 
     def prepare_noise(self, prep: Prepared, shape, generator, latents=None, stage_axes=None) -> torch.Tensor:

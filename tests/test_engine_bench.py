@@ -86,3 +86,18 @@ def test_bench_e2e_cli_rejects_cuda_without_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         bench_e2e.run_gpu("cuda", quick=True)
+
+
+def test_bench_e2e_dry_run_of_the_real_quick_config_on_meta():
+    """The GPU run's exact configuration (24 heads × 128, text 4096, 1 + 2 blocks scaled ×20) and 720p/129-frame
+    stage shapes, on the meta device: every forward (packed, diffusers' baseline, fused RoPE) goes through the
+    same processors and ops (fake implementations), so a shape or plumbing error shows up here, not on the GPU."""
+    import bench_e2e
+    lines = []
+    rows = bench_e2e.run_gpu("meta", quick=True, log=lines.append)
+    assert [r["shape"] for r in rows[:4]] == [[13, 44, 80], [19, 72, 128], [19, 90, 160], [33, 90, 160]]
+    assert rows[4]["shape"] == [33, 90, 160] and rows[5]["shape"] == [33, 90, 160]
+    assert all(r["s_per_step"] is not None for r in rows[:6]), rows
+    loop = rows[-1]
+    assert loop["skipped"] == [] and loop["layers_timed"] == "1+2 (scaled x20 to 60 blocks)"
+    assert any("built: 0.98" in line for line in lines)  # 1 + 2 full-width blocks, the embedders and refiner

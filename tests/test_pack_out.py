@@ -144,7 +144,7 @@ def test_cpp_spans_split_over_threads(contiguous_out):
     cu_latent, cu_seqlens, total, _ = P.packed_layout(latent_lens, text_lens)
     latent = torch.randn(sum(latent_lens), 2, 64, generator=gen)
     text = torch.randn(40, text_len, 2, 64, generator=gen)
-    assert total * 2 * 64 * 4 > 2 * 1024 * 1024 and torch.get_num_threads() >= 1
+    assert total * 2 * 64 * 4 > 2 * 1024 * 1024  # several 256 KiB tasks: both threads get rows (with >= 2 threads)
     if contiguous_out:
         out = torch.full((total, 2, 64), float("nan"))
         lat_out = torch.full(latent.shape, float("nan"))
@@ -339,3 +339,46 @@ def test_cpp_kernels_check_cu_values_themselves():
             LN.modulated_layer_norm(x, torch.tensor([0, 3, 9], dtype=torch.int32), torch.zeros(2, 16),
                                     torch.zeros(2, 16), validate=False, out=torch.empty(7, 16))
     assert bool(out.isnan().all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_out_variants_into_caller_buffers():
+    """What a serving stack does: capture pack → unpack → LayerNorm writing into buffers it owns, change the inputs
+    in place, replay; the caller's buffers must then hold what an eager run computes (no allocation or host sync
+    inside the graph with validate=False)."""
+    device = torch.device("cuda")
+    d = make_inputs("unequal", 2, 64, torch.bfloat16, canary=False)
+    d = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+    total, total_latent, text_len = d["total"], d["latent"].shape[0], d["text_len"]
+    gen = torch.Generator().manual_seed(1)
+    scale, shift = ((0.1 * torch.randn(2, 128, generator=gen)).to(device, torch.bfloat16) for _ in range(2))
+    packed = torch.empty(total, 2, 64, device=device, dtype=torch.bfloat16)
+    lat_out = torch.empty(total_latent, 2, 64, device=device, dtype=torch.bfloat16)
+    txt_out = torch.empty(2, text_len, 2, 64, device=device, dtype=torch.bfloat16)
+    normed = torch.empty(total, 128, device=device, dtype=torch.bfloat16)
+
+    def step():
+        P.pack_tokens(d["latent"], d["text"], d["cu_latent"], d["cu_seqlens"], total, validate=False, out=packed)
+        P.unpack_tokens(packed, d["cu_latent"], d["cu_seqlens"], total_latent, text_len, validate=False,
+                        latent_out=lat_out, text_out=txt_out)
+        LN.modulated_layer_norm(packed.view(total, 128), d["cu_seqlens"], scale, shift, validate=False, out=normed)
+
+    with _registry.use_backend("triton"):
+        step()  # compiles the kernels before capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        d["latent"].mul_(0.5).add_(0.25)
+        d["text"].mul_(-1.0)
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = [t.clone() for t in (packed, lat_out, txt_out, normed)]
+        step()
+    for got, want in zip(replayed, (packed, lat_out, txt_out, normed)):
+        assert torch.equal(got, want)
+    assert torch.equal(lat_out, d["latent"])
