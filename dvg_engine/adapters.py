@@ -362,6 +362,7 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
     replaces latent frame 0 with it (frame 0 then gets its own t=0 modulation inside the transformer)."""
 
     pipeline_class = "HunyuanVideoImageToVideoPipeline"
+    encoder_repeats_videos = False
 
     def latent_channels(self) -> int:
         cfg = self.pipe.transformer.config
@@ -370,8 +371,6 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
     @property
     def condition_type(self) -> str:
         return self.pipe.transformer.config.image_condition_type
-
-    encoder_repeats_videos = False
 
     def _check_inputs(self, args, height, width, callback_inputs) -> None:
         self.pipe.check_inputs(args["prompt"], args["prompt_2"], height, width, args["prompt_embeds"], callback_inputs,
@@ -386,8 +385,8 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
         interleave = args["image_embed_interleave"]
         if interleave is None:
             interleave = {"latent_concat": 2, "token_replace": 4}.get(self.condition_type, 1)
-        # Llava encodes prompt i with image i, so one image for several prompts is repeated per prompt (as the
-        # pipeline's own call needs; it fails on one image with a prompt list).
+        # Llava encodes prompt i with image i: one image for several prompts is repeated per prompt (the pipeline
+        # passes it as is, and Llava then fails on image features fewer than the prompts' image tokens)
         prompts = _prompt_count(args, "negative_" if negative else "")
         if negative:
             import PIL.Image

@@ -174,3 +174,23 @@ def test_negative_prompt_count_that_matches_no_prompt_is_refused(compiled):
     with pytest.raises(ValueError, match=r"negative_prompt=\['n', 'n', 'n'\] is invalid; allowed: one negative "
                                          r"prompt \(used for every prompt\) or 2, one per prompt \(got 3\)"):
         compiled(**call_args(prompt=PROMPTS, negative_prompt=["n"] * 3, true_cfg_scale=2.0), generator=tp.gens(2))
+
+
+def test_image_inputs_are_counted_and_repeated_as_the_pipeline_reads_them():
+    """A list, or a batched 4-D tensor/array, holds several images (diffusers' VideoProcessor and the CLIP image
+    processor both read a 4-D input as a batch); one image is repeated in its own kind of input."""
+    import numpy as np
+    from dvg_engine.adapters import _image_count, _repeat_image
+    pil = tp.test_image()
+    array = np.asarray(pil)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+    assert [_image_count(x) for x in (pil, [pil] * 3, (), array, array[None], tensor, tensor[None].repeat(2, 1, 1, 1))] \
+        == [1, 3, 0, 1, 1, 1, 2]
+    assert _repeat_image(pil, 3) == [pil] * 3 and _repeat_image([pil], 2) == [pil, pil]
+    assert _repeat_image(pil, 1) is pil
+    assert _repeat_image(array[None], 3).shape == (3,) + array.shape
+    assert np.array_equal(_repeat_image(array[None], 3)[2], array)
+    batched = _repeat_image(tensor[None], 2)
+    assert batched.shape == (2,) + tensor.shape and torch.equal(batched[1], tensor)
+    several = [pil, tp.test_image(seed=4)]
+    assert _repeat_image(several, 2) is several  # already one per prompt: unchanged

@@ -382,3 +382,59 @@ def test_cuda_graph_replays_out_variants_into_caller_buffers():
     for got, want in zip(replayed, (packed, lat_out, txt_out, normed)):
         assert torch.equal(got, want)
     assert torch.equal(lat_out, d["latent"])
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")
+@pytest.mark.parametrize("seed", range(12))
+def test_cpp_random_layouts_into_strided_outputs(seed):
+    """Random batches (empty samples, text-only samples, no text), 2-D or 3-D tokens, padded or stream text,
+    inputs and outputs as strided views of NaN buffers (heads apart or adjacent): the C++ span kernels write
+    exactly the reference's values and nothing else. Sizes up to ~1 MB so both threads share some of them."""
+    skip_unless_runs("cpp")
+    gen = torch.Generator().manual_seed(100 + seed)
+
+    def randint(low, high):
+        return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+    batch = randint(1, 6)
+    latent_lens = [randint(0, 900) * randint(0, 1) for _ in range(batch)]
+    text_len = randint(0, 20)
+    text_lens = [randint(0, text_len) for _ in range(batch)]
+    heads, head_dim, two_d = randint(1, 3), (8, 24)[randint(0, 1)], randint(0, 3) == 0
+    stream = randint(0, 1) == 1
+    cu_latent, cu_seqlens, total, _ = P.packed_layout(latent_lens, text_lens)
+
+    def view(shape):
+        """NaN buffer with padding after every dim (so no dim is dense), or a contiguous tensor."""
+        if randint(0, 2) == 0:
+            return torch.full(shape, float("nan")), None
+        buffer = torch.full([n + randint(0, 2) for n in shape], float("nan"))
+        return buffer[tuple(slice(0, n) for n in shape)], buffer
+
+    feat = (heads * head_dim,) if two_d else (heads, head_dim)
+    latent = view((sum(latent_lens), *feat))[0]
+    latent.copy_(torch.randn(latent.shape, generator=gen))
+    padded = view((batch, text_len, *feat))[0]
+    padded.copy_(torch.randn(padded.shape, generator=gen))
+    if stream:
+        pieces = [padded[b, :n] for b, n in enumerate(text_lens)]
+        text = view((sum(text_lens), *feat))[0]
+        if sum(text_lens):
+            text.copy_(torch.cat(pieces))
+        cu_text, text_rows = (cu_seqlens - cu_latent).contiguous(), sum(text_lens)
+    else:
+        text, cu_text, text_rows = padded, None, text_len
+    with _registry.use_backend("torch"):
+        want = P.pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text=cu_text)
+        lat_want, txt_want = P.unpack_tokens(want, cu_latent, cu_seqlens, latent.shape[0], text_rows, cu_text=cu_text)
+    out, out_buf = view(tuple(want.shape))
+    lat_out, lat_buf = view(tuple(lat_want.shape))
+    txt_out, txt_buf = view(tuple(txt_want.shape))
+    with _registry.use_backend("cpp"):
+        P.pack_tokens(latent, text, cu_latent, cu_seqlens, total, cu_text=cu_text, out=out)
+        P.unpack_tokens(want, cu_latent, cu_seqlens, latent.shape[0], text_rows, cu_text=cu_text,
+                        latent_out=lat_out, text_out=txt_out)
+    assert torch.equal(out, want) and torch.equal(lat_out, lat_want) and torch.equal(txt_out, txt_want)
+    for got, buf in ((out, out_buf), (lat_out, lat_buf), (txt_out, txt_buf)):
+        if buf is not None:  # everything outside the view is still NaN
+            assert int(buf.isnan().sum()) == buf.numel() - got.numel()

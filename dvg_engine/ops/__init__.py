@@ -8,6 +8,7 @@ Importing this package registers every op (schema + fake implementation + backen
 | `dvg::pack_tokens` / `dvg::unpack_tokens` | `pack_tokens`, `unpack_tokens`, `pack_qk_rope` | per-sample latent + valid text tokens <-> one packed stream (fused 3D RoPE variant) |
 | `dvg::resample_renoise` | `resample_renoise`, `resample_renoise_packed` | next stage's latent from x̂0 in one pass (resize, smoothing, coordinate noise, re-noise) |
 | `dvg::modulated_layer_norm` | `modulated_layer_norm` | LayerNorm + per-segment AdaLN modulation for packed streams mixing samples |
+| `dvg::pack_tokens_out`, `dvg::unpack_tokens_out`, `dvg::pack_qk_rope_out`, `dvg::modulated_layer_norm_out` | the same wrappers with `out=` (`latent_out=`/`text_out=`, `q_out=`/`k_out=`) | write into caller-owned buffers (serving stacks, CUDA graphs); on CPU this avoids the page faults of a fresh output, the op's main cost |
 
 Backends: `torch` (reference, always), `triton` (CUDA; CPU under TRITON_INTERPRET=1), `cpp` (CPU, the
 `dvg_engine._C` extension). Choose with `DVG_BACKEND=auto|torch|triton|cpp` or `use_backend(...)`.
