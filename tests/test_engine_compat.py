@@ -203,6 +203,28 @@ def test_model_cpu_offload_cuda():
     assert out.shape == (1, 4, 9, 16, 24) and torch.isfinite(out).all()
 
 
+def test_model_cpu_offload_hooks_on_cpu():
+    """accelerate's offload hooks (installed with device="cpu", so they run without a GPU) wrap the models'
+    forwards: DVG still runs, through the hooked forward, and gives what the same pipeline gives without them."""
+    pytest.importorskip("accelerate")
+    plan = {"spatial_demand": 0.3, "temporal_demand": 0.3}
+    plain = tp.hv_pipe()
+    plain.set_progress_bar_config(disable=True)
+    compile_pipeline(plain, budget=0.5, plan=plan)
+    expected = plain(**tp.hv_prompt(1), generator=gens(1), **GEOM).frames
+    pipe = tp.hv_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_model_cpu_offload(device="cpu")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    compile_pipeline(pipe, budget=0.5, plan=plan)
+    out = pipe(**tp.hv_prompt(1), generator=gens(1), **GEOM).frames
+    assert hasattr(pipe.transformer, "_hf_hook")  # the offload hook is really installed
+    assert len(calls) == tp.STEPS  # the DVG loop went through the hooked transformer forward
+    assert_verbose_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    assert pipe.dvg.last_report["samples"][0]["stage_shapes"] == plain.dvg.last_report["samples"][0]["stage_shapes"]
+
+
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_lora_loaded_before_or_after_compile(order):
     pytest.importorskip("peft")
