@@ -282,12 +282,7 @@ class DVGAttnProcessor:
         # 6. Output projection
         if encoder_hidden_states is not None:
             text_len = encoder_hidden_states.shape[1]
-            hidden_states, encoder_hidden_states = hidden_states[:, :-text_len], hidden_states[:, -text_len:]
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+            return _output_projection(attn, hidden_states[:, :-text_len], hidden_states[:, -text_len:])
         return hidden_states, encoder_hidden_states
 
     @staticmethod
@@ -295,13 +290,17 @@ class DVGAttnProcessor:
         """Steps 3 and 5 fused (`fused_rope_attention`), then step 6 as in `__call__`."""
         hidden_states, encoder_hidden_states = fused_rope_attention(query, key, value, encoder_query, encoder_key,
                                                                     encoder_value, layout)
-        # 6. Output projection
-        if getattr(attn, "to_out", None) is not None:
-            hidden_states = attn.to_out[0](hidden_states)
-            hidden_states = attn.to_out[1](hidden_states)
-        if getattr(attn, "to_add_out", None) is not None:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        return _output_projection(attn, hidden_states, encoder_hidden_states)
+
+
+def _output_projection(attn, hidden_states, encoder_hidden_states):
+    """Step 6 of the joint attention: the latent and text output projections (where the layer has them)."""
+    if getattr(attn, "to_out", None) is not None:
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+    if getattr(attn, "to_add_out", None) is not None:
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+    return hidden_states, encoder_hidden_states
 
 
 def joint_attention_names(transformer) -> List[str]:
