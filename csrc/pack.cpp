@@ -374,6 +374,9 @@ void pack_qk_rope_out_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent
   TORCH_CHECK(q_latent.scalar_type() == at::kFloat || q_latent.scalar_type() == at::kHalf ||
                   q_latent.scalar_type() == at::kBFloat16,
               op, ": q/k must be float32, float16 or bfloat16");
+  // k is read and k_out written with q's element type: a k of another dtype would be reinterpreted
+  TORCH_CHECK(k_latent.scalar_type() == q_latent.scalar_type(), op, ": k_latent is ", k_latent.scalar_type(),
+              " but q_latent is ", q_latent.scalar_type(), "; q and k must share one dtype");
   const PackLayout lay = check_pack(op, q_latent, q_text, cu_latent, cu_seqlens, total, cu_text, q_out);
   check_pack(op, k_latent, k_text, cu_latent, cu_seqlens, total, cu_text, k_out);
   TORCH_CHECK(rope_axes_dim.size() == 3 && rope_axes_dim[0] + rope_axes_dim[1] + rope_axes_dim[2] == q_latent.size(2),

@@ -60,6 +60,7 @@ def _pack_kernel(
     stride_lat2_tok, stride_lat2_head,
     stride_txt2_b, stride_txt2_tok, stride_txt2_head,
     stride_out_tok, stride_out_head,
+    stride_out2_tok, stride_out2_head,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_SECOND: tl.constexpr, APPLY_ROPE: tl.constexpr, ROPE_PAIRS_T: tl.constexpr, ROPE_PAIRS_H: tl.constexpr,
     TEXT_STREAM: tl.constexpr,
@@ -134,7 +135,9 @@ def _pack_kernel(
                 rotated2 = y.to(tl.float32) * cos + (sign[None, :] * y_partner.to(tl.float32)) * sin
                 y = rotated2.to(y.dtype)
             y = tl.where(lat_mask, y, tl.load(Txt2 + txt_off2 + d[None, :], mask=txt_mask, other=0.0))
-            tl.store(Out2 + out_off, y, mask=out_mask)
+            # Out2 has its own strides: q_out and k_out are independent caller buffers (any strides each)
+            out_off2 = position[:, None] * stride_out2_tok + head * stride_out2_head + d[None, :]
+            tl.store(Out2 + out_off2, y, mask=out_mask)
 
 
 @triton.jit
@@ -253,6 +256,7 @@ def _launch_pack(lat, txt, cu_latent, cu_seqlens, total, lat2=None, txt2=None, g
             lat2_3.stride(0), lat2_3.stride(1),
             *txt2_strides,
             out3.stride(0), out3.stride(1),
+            out2_3.stride(0), out2_3.stride(1),
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t,
             HAS_SECOND=lat2 is not None, APPLY_ROPE=apply_rope,
             ROPE_PAIRS_T=(rope_axes_dim[0] // 2) if apply_rope else 0,

@@ -89,17 +89,12 @@ def test_cuda_host_syncs_do_not_grow_with_steps():
 
 def test_cuda_fused_rope_matches_rope_tables_with_triton_pack():
     """fused_rope (RoPE inside the Triton `pack_qk_rope`) against the per-shape tables, per plan group and packed."""
-    import dataclasses
-    from dvg_engine import DVGConfig
     pipe = tp.hv_pipe().to("cuda")
     pipe.set_progress_bar_config(disable=True)
     compile_pipeline(pipe, budget=0.5, plan=DEMANDS)
     outputs = {}
     for on in (False, True):
-        if "fused_rope" in {f.name for f in dataclasses.fields(DVGConfig)}:
-            compile_pipeline(pipe, fused_rope=on)
-        else:  # until DVGConfig declares the field (the engine reads it with a default)
-            pipe.dvg.config.fused_rope = on
+        compile_pipeline(pipe, fused_rope=on)
         _registry.reset_call_counts()
         outputs[on] = pipe(**cuda_prompt(2, torch.float32), generator=gens(2), **GEOM).frames
         assert (_registry.CALL_COUNTS.get(("pack_qk_rope", "triton"), 0) > 0) == on, _registry.CALL_COUNTS

@@ -110,6 +110,31 @@ def test_pack_qk_rope_out_matches_allocating(backend, dtype):
     assert_canaries_intact(k_buf, k_in, "k_out")
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("text_layout", ["padded", "stream"])
+def test_pack_qk_rope_out_q_and_k_outputs_with_different_strides(backend, text_layout):
+    """q_out and k_out are independent caller buffers: each must be written through its own strides (the Triton
+    kernel once stored k through q_out's strides — k landed in the wrong rows of its buffer, or past its end)."""
+    _runs(backend)
+    d = make_inputs("awkward", 2, 64, torch.float32, canary=False)
+    text, k_text, cu_text = d["text"], d["text"] * -0.5, None
+    if text_layout == "stream":
+        text, cu_text = as_stream(d)
+        k_text = text * -0.5
+    args = (d["latent"], d["latent"] * 2.0, text, k_text, d["cu_latent"], d["cu_seqlens"], d["grid_sizes"],
+            d["total"], rope_axes_for(64))
+    shape = (d["total"], 2, 64)
+    q_out, q_buf, q_in = canary_view(shape, torch.float32, pad_last=3, pad_lead=2, fill=float("nan"))
+    k_out, k_buf, k_in = canary_view(shape, torch.float32, pad_last=17, pad_lead=5, fill=float("nan"))
+    assert q_out.stride() != k_out.stride()
+    with _registry.use_backend(backend):
+        q_want, k_want = P.pack_qk_rope(*args, cu_text=cu_text)
+        P.pack_qk_rope(*args, cu_text=cu_text, q_out=q_out, k_out=k_out)
+    assert torch.equal(q_out, q_want) and torch.equal(k_out, k_want)
+    assert_canaries_intact(q_buf, q_in, "q_out")
+    assert_canaries_intact(k_buf, k_in, "k_out")
+
+
 @pytest.mark.parametrize("backend,dtype", [("torch", torch.float32)] + BACKEND_DTYPES)
 def test_modulated_layer_norm_out_matches_allocating(backend, dtype):
     _runs(backend)
@@ -129,12 +154,23 @@ def test_modulated_layer_norm_out_matches_allocating(backend, dtype):
         assert_pointwise_close(out, LN.modulated_layer_norm_reference(x, cu, scale, shift), name=backend)
 
 
+@pytest.fixture
+def two_torch_threads():
+    """At least two intra-op threads, so at::parallel_for really splits the rows (a 1-core runner, or a thread
+    count left at 1, would otherwise run the split tests on one thread); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")
 @pytest.mark.parametrize("contiguous_out", [True, False])
-def test_cpp_spans_split_over_threads(contiguous_out):
+def test_cpp_spans_split_over_threads(contiguous_out, two_torch_threads):
     """Enough bytes (~3 MB) that the C++ copy splits its rows over both threads, with thread boundaries inside
     spans and 40 samples of uneven sizes (some empty, some text-only), into poisoned outputs."""
     skip_unless_runs("cpp")
+    assert torch.get_num_threads() >= 2
     gen = torch.Generator().manual_seed(4)
     latent_lens = [int(n) for n in torch.randint(0, 400, (40,), generator=gen)]
     text_lens = [int(n) for n in torch.randint(0, 30, (40,), generator=gen)]
@@ -341,6 +377,21 @@ def test_cpp_kernels_check_cu_values_themselves():
     assert bool(out.isnan().all())
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")
+def test_cpp_rope_pack_refuses_k_of_another_dtype_than_q():
+    """The C++ RoPE pack reads k and writes k_out with q's element type, so the private op itself must refuse a k
+    of another dtype (the public wrapper already does): reinterpreted, it wrote past k_out's end."""
+    skip_unless_runs("cpp")
+    import dvg_engine._C  # noqa: F401  (registers the private dvg::_cpp_* ops)
+    d = make_inputs("unequal", 2, 64, torch.float32, canary=False)
+    q, text, axes = d["latent"], d["text"], rope_axes_for(64)
+    inv_freq = P.rope_inv_freq(axes, 256.0)
+    with pytest.raises(RuntimeError, match=r"k_latent is Half but q_latent is Float; q and k must share one dtype"):
+        torch.ops.dvg._cpp_pack_qk_rope_out(q, q.half(), text, text.half(), d["cu_latent"], d["cu_seqlens"],
+                                            d["grid_sizes"], inv_freq, axes, d["total"], None,
+                                            torch.empty(d["total"], 2, 64), torch.empty(d["total"], 2, 64).half())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_replays_out_variants_into_caller_buffers():
     """What a serving stack does: capture pack → unpack → LayerNorm writing into buffers it owns, change the inputs
@@ -386,7 +437,7 @@ def test_cuda_graph_replays_out_variants_into_caller_buffers():
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")
 @pytest.mark.parametrize("seed", range(12))
-def test_cpp_random_layouts_into_strided_outputs(seed):
+def test_cpp_random_layouts_into_strided_outputs(seed, two_torch_threads):
     """Random batches (empty samples, text-only samples, no text), 2-D or 3-D tokens, padded or stream text,
     inputs and outputs as strided views of NaN buffers (heads apart or adjacent): the C++ span kernels write
     exactly the reference's values and nothing else. Sizes up to ~1 MB so both threads share some of them."""

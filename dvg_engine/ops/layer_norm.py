@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from dvg_engine.ops import _registry
-from dvg_engine.ops.pack import (_FLOAT_DTYPES, _fail, _segment_of, check_cu_seqlens, check_disjoint, check_out,
-                                 require_out_tensors)
+from dvg_engine.ops.pack import (_FLOAT_DTYPES, _cpp_ops, _cpp_out_op, _fail, _segment_of, check_cu_seqlens,
+                                 check_disjoint, check_out, require_out_tensors)
 
 DEFAULT_EPS = 1e-6
 
@@ -82,20 +82,10 @@ def _triton_impl():
     return triton_ln.modulated_layer_norm
 
 
-def _cpp_ops():
-    if not _registry.cpp_available():
-        raise RuntimeError("the C++ extension dvg_engine._C was not built")
-    return torch.ops.dvg
-
-
 def _cpp_impl(x, cu_seqlens, scale, shift, eps, out=None):
-    ops = _cpp_ops()
     if out is None:  # allocation in C++: a contiguous output, then the same kernel as the out variant
-        return ops._cpp_modulated_layer_norm(x, cu_seqlens, scale, shift, eps)
-    if not hasattr(ops, "_cpp_modulated_layer_norm_out"):
-        raise RuntimeError("the C++ extension dvg_engine._C was built before the out-variant kernels (no "
-                           "dvg::_cpp_modulated_layer_norm_out); rebuild it with `python setup.py build_ext --inplace`")
-    ops._cpp_modulated_layer_norm_out(x, cu_seqlens, scale, shift, eps, out)
+        return _cpp_ops()._cpp_modulated_layer_norm(x, cu_seqlens, scale, shift, eps)
+    _cpp_out_op("_cpp_modulated_layer_norm_out")(x, cu_seqlens, scale, shift, eps, out)
     return out
 
 
