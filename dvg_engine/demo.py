@@ -99,7 +99,7 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
     """
     import torch
 
-    from ._checks import check_choice, check_int
+    from ._checks import check_choice, check_int, fail
     from .cli import to_jsonable, write_json
     from .plots import plot_plan
     from .tiny import tiny_hunyuan_video_i2v_pipeline, tiny_hunyuan_video_pipeline
@@ -122,7 +122,7 @@ def run_demo(*, out_dir: str = DEFAULT_OUT, budget: float = DEFAULT_BUDGET, step
         elif isinstance(image, Image.Image):
             image_label, image = "PIL image", image.convert("RGB")
         else:
-            raise ValueError(f"image={image!r} is invalid; allowed: None, an image file path or a PIL image")
+            fail("image", image, "None, an image file path or a PIL image")
     if threads is not None:
         torch.set_num_threads(check_int("threads", threads, minimum=1))
     out = pathlib.Path(out_dir)
