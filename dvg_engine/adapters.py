@@ -601,29 +601,60 @@ class HunyuanVideo15Adapter(Adapter):
 class HunyuanVideo15I2VAdapter(HunyuanVideo15Adapter):
     """HunyuanVideo15ImageToVideoPipeline: the image latent (encoded once at full resolution) is sub-sampled on
     each stage's nested (h, w) axes and placed on latent frame 0 with a mask channel, as the reference does;
-    the 729 SigLIP image tokens are attended."""
+    the 729 SigLIP image tokens are attended.
+
+    `image`: one PIL image for every prompt (the pipeline's own input), or — the compiled pipeline only; the
+    pipeline's check refuses anything but one PIL image — a list of one PIL image per prompt. The images of a
+    list must give the same video size (the pipeline derives it from the image); image i conditions the
+    videos of prompt i (prompt-major, as the prompt embeddings are repeated per video)."""
 
     pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
 
     def check_inputs_and_size(self, args: Dict[str, Any]) -> Tuple[int, int]:
+        import PIL.Image
         pipe = self.pipe
         image = args["image"]
-        pipe.check_inputs(image=image, **{k: args[k] for k in self._TEXT_ARGS})
-        height, width = pipe.video_processor.calculate_default_height_width(
-            height=image.size[1], width=image.size[0], target_size=pipe.target_size)
-        self._image = pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        prompts = _prompt_count(args, "")
+        if len(images) not in (1, prompts):
+            raise ValueError(f"image=<{len(images)} images> is invalid for {prompts} prompts; allowed: one image (used "
+                             f"for every prompt) or a list of {prompts} images, one per prompt")
+        if isinstance(image, (list, tuple)):
+            for i, item in enumerate(images):
+                if not isinstance(item, PIL.Image.Image):
+                    _checks.fail(f"image[{i}]", item, "a PIL.Image.Image (one per prompt)", TypeError)
+        # the pipeline's own checks (its image check accepts one PIL image: each list entry passed that above)
+        pipe.check_inputs(image=images[0], **{k: args[k] for k in self._TEXT_ARGS})
+        sizes = [pipe.video_processor.calculate_default_height_width(height=img.size[1], width=img.size[0],
+                                                                     target_size=pipe.target_size) for img in images]
+        for i, size in enumerate(sizes):
+            if size != sizes[0]:
+                _checks.fail(f"image[{i}]", images[i], f"an image whose video size (height, width) is {sizes[0]} like "
+                             f"image[0]'s, since the batch shares one latent grid (image[{i}] of "
+                             f"{images[i].size[0]}x{images[i].size[1]} px gives {size})")
+        height, width = sizes[0]
+        self._images = [pipe.video_processor.resize(img, height=height, width=width, resize_mode="crop")
+                        for img in images]
         return height, width
 
     def image_embeds(self, args, batch, device, dtype):
-        return self.pipe.encode_image(image=self._image, batch_size=batch, device=device, dtype=dtype)
+        # one encode per input image, repeated for its prompt's videos (one image: for the whole batch)
+        repeats = batch // len(self._images)
+        return torch.cat([self.pipe.encode_image(image=img, batch_size=repeats, device=device, dtype=dtype)
+                          for img in self._images], dim=0)
 
     def image_tokens_valid(self, image_tokens: int) -> int:
         return image_tokens
 
     def extra(self, args, batch, device, dtype, height, width, num_frames) -> Dict[str, Any]:
         pipe = self.pipe
-        latents = pipe._get_image_latents(vae=pipe.vae, image_processor=pipe.video_processor, image=self._image,
-                                          height=height, width=width, device=device)
+        # (1, C, 1, H, W) for one image (broadcast over the batch), else (B, C, 1, H, W): image i for the videos
+        # of prompt i. The pipeline encodes with batch 1 (a batched encode may round differently): so do we.
+        latents = torch.cat([pipe._get_image_latents(vae=pipe.vae, image_processor=pipe.video_processor, image=img,
+                                                     height=height, width=width, device=device)
+                             for img in self._images], dim=0)
+        if latents.shape[0] > 1:
+            latents = latents.repeat_interleave(batch // latents.shape[0], dim=0)
         return {"image_latents": latents.to(device=device, dtype=dtype), "condition_cache": {}}
 
     def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
@@ -642,6 +673,13 @@ class HunyuanVideo15I2VAdapter(HunyuanVideo15Adapter):
                 cols = torch.tensor(list(stage_axes[2]), device=full.device)
                 cache[key] = full.index_select(3, rows).index_select(4, cols)
         image = cache[key]
+        if image.shape[0] > 1:
+            # one image per prompt: this group's samples, cached per stage grid (a per-step index tensor would
+            # be a host->device copy inside the step loop)
+            indices = tuple(range(batch)) if sample_indices is None else tuple(sample_indices)
+            if (key, indices) not in cache:
+                cache[key, indices] = image.index_select(0, torch.tensor(indices).to(image.device))
+            image = cache[key, indices]
         cond = torch.zeros_like(latents)
         cond[:, :, :1] = image.expand(batch, -1, -1, -1, -1)
         mask = torch.zeros(batch, 1, frames, height, width, dtype=prep.dtype, device=latents.device)

@@ -52,7 +52,8 @@ class DVGConfig:
     # False: eager blocks. True: `torch.compile` with its defaults. A dict: `torch.compile` keyword arguments
     # (keys COMPILE_BLOCKS_KEYS, e.g. {"backend": "aot_eager"} or {"mode": "max-autotune"}). Always with
     # dynamic=False: one graph per stage shape, none per step; recompile_limit defaults to 64 where torch
-    # supports it (see `engine._compiled_blocks`).
+    # supports it (see `engine._compiled_blocks`). Mixed-plan batches compile the packed forward's per-block
+    # computations the same way (`processors.PackedHunyuanVideoForward`).
     compile_blocks: Union[bool, Dict[str, Any]] = False
     # True: RoPE is applied inside the q/k packing (`torch.ops.dvg.pack_qk_rope`, cos/sin computed in-kernel)
     # instead of from per-stage-shape cos/sin tables. Same results (tested); off until it is measured on a GPU.

@@ -15,7 +15,8 @@ How it attaches (no global monkey-patching):
   `restore()` puts the very same original processor objects back;
 * during a call only: the transformer's RoPE module is wrapped by a per-shape cache, and with
   `compile_blocks` (True or torch.compile keyword arguments) its blocks run through `torch.compile` (one graph
-  per stage shape and block class).
+  per stage shape and block class), and so do the per-block computations of the per-sample packed forward (one
+  graph set per packed layout per stage).
 
 The denoising loop (dvg-spec.md §12): prompts are encoded and stage-0 noise drawn with the pipeline's
 own methods (the noise at the stage-0 shape, from the user's generator); each step runs the model on the
@@ -235,7 +236,9 @@ class _compiled_blocks:
     nothing recompiles per step because the step loop reuses the same layout tensors and host ints per shape.
     Outside the call the blocks are the plain modules again, so a shared transformer is unaffected and
     `restore()` has nothing extra to undo. The per-sample packed forward (samples of one batch on different
-    plans) calls the blocks' sub-modules itself, so it runs eagerly."""
+    plans) calls the blocks' sub-modules itself, bypassing their compiled forward: it compiles its own per-block
+    computations with `kwargs` (`processors.PackedHunyuanVideoForward`; one graph set per packed layout per
+    stage, dynamic=False and the same recompile limit; they live only as long as the DVG call)."""
 
     # Graphs Dynamo keeps per code object before it gives up and runs that code eagerly (torch's default is 8).
     # Each stage shape costs up to 3 graphs per block code object (HunyuanVideo's single-stream blocks compile
@@ -246,8 +249,9 @@ class _compiled_blocks:
 
     def __init__(self, transformer, setting) -> None:
         self.blocks = []
+        self.enabled = setting is not False
         self.kwargs = {} if setting is True else dict(setting or {})
-        if setting is not False:
+        if self.enabled:
             for name in ("transformer_blocks", "single_transformer_blocks"):
                 self.blocks.extend(getattr(transformer, name, None) or [])
             supported = "recompile_limit" in inspect.signature(torch.compile).parameters
@@ -330,7 +334,8 @@ class _Generation:
                 self.handle._transformers.append(transformer)
             self.prep = self.adapter.prepare(self.args, self.config)
             self._reset_cache_hooks()
-            with _compiled_blocks(transformer, self.config.compile_blocks), _cached_rope(transformer):
+            self.compiled = _compiled_blocks(transformer, self.config.compile_blocks)
+            with self.compiled, _cached_rope(transformer):
                 if self.config.enabled:
                     return self._run_dvg()
                 return self._run_full()
@@ -450,9 +455,12 @@ class _Generation:
             # Cache hooks (diffusers) and offload hooks (accelerate) wrap the modules' own forward methods,
             # which the packed forward bypasses: keep the per-group path, which calls them.
             return None
-        if isinstance(self.adapter, adapters.HunyuanVideo15Adapter):
-            return processors.PackedHunyuanVideo15Forward(transformer, self.state, self._fused_rope())
-        return processors.PackedHunyuanVideoForward(transformer, self.state, self._fused_rope())
+        # compile_blocks: the packed forward's per-block computations compile with the same arguments as the
+        # blocks of the single-plan forward (one graph set per packed layout per stage; see the classes)
+        compile_kwargs = self.compiled.kwargs if self.compiled.enabled else None
+        cls = (processors.PackedHunyuanVideo15Forward if isinstance(self.adapter, adapters.HunyuanVideo15Adapter)
+               else processors.PackedHunyuanVideoForward)
+        return cls(transformer, self.state, self._fused_rope(), compile_kwargs=compile_kwargs)
 
     # ---- enabled=False: full resolution, our attention path ----
     def _run_full(self):

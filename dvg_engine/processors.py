@@ -396,12 +396,25 @@ class PackedHunyuanVideoForward:
     sample's token_replace rows and its own rows (the text stream keeps one segment per sample, as there).
     """
 
-    def __init__(self, transformer, state: DVGAttentionState, fused_rope: bool = False) -> None:
+    def __init__(self, transformer, state: DVGAttentionState, fused_rope: bool = False,
+                 compile_kwargs: Optional[dict] = None) -> None:
         self.transformer = transformer
         self.state = state
         self.fused_rope = fused_rope  # RoPE applied while packing (`FusedRope`) instead of from the tables
         self.rope_cache: dict = {}
         self.layout_cache: dict = {}
+        # compile_kwargs (the engine's `compile_blocks`, resolved): the per-block computations run through
+        # torch.compile with dynamic=False. Dynamo keys its graphs on the code object of `_dual_block` /
+        # `_single_block` and guards on the shapes and strides of the packed streams (set by the packed layout of
+        # the stage, fixed for all its steps) and on the block's module structure (the same for every block of
+        # a class, so the blocks share graphs): one graph set per packed layout per stage, none per step. The
+        # compiled callables belong to this object, which lives for one DVG call, so nothing stays compiled
+        # outside it.
+        self.dual_block = self._dual_block
+        self.single_block = self._single_block
+        if compile_kwargs is not None:
+            self.dual_block = torch.compile(self._dual_block, dynamic=False, **compile_kwargs)
+            self.single_block = torch.compile(self._single_block, dynamic=False, **compile_kwargs)
 
     def _rope(self, hidden: torch.Tensor):
         key = (tuple(hidden.shape[2:]), hidden.device, hidden.dtype)
@@ -422,9 +435,9 @@ class PackedHunyuanVideoForward:
     def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         tr = self.transformer
         for block in tr.transformer_blocks:
-            img, txt = self._dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
+            img, txt = self.dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         for block in tr.single_transformer_blocks:
-            img, txt = self._single_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
+            img, txt = self.single_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         return img, txt
 
     def __call__(self, hidden_list: Sequence[torch.Tensor], timestep: torch.Tensor, text_lengths: Sequence[int],
@@ -585,5 +598,5 @@ class PackedHunyuanVideo15Forward(PackedHunyuanVideoForward):
 
     def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         for block in self.transformer.transformer_blocks:
-            img, txt = self._dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
+            img, txt = self.dual_block(block, img, txt, temb, tr_emb, rope, seg_img, seg_txt)
         return img, txt
