@@ -381,8 +381,7 @@ def run_gpu(device: str = "cuda", quick: bool = False, *, config_override: Optio
         if label == "stage3_fused_rope":
             state = processors.install(model, "hunyuan_video")  # back after the baseline's diffusers processors
             token_grid = (shape[0] // config["patch_size_t"], shape[1] // patch, shape[2] // patch)
-            layout.fused_rope = processors.FusedRope.build([token_grid], [text], False, config["rope_axes_dim"],
-                                                           config["rope_theta"], device)
+            layout.attach_fused_rope([token_grid], [text], False, config["rope_axes_dim"], config["rope_theta"])
         forward = _forward_call(model, dict(kwargs, hidden_states=x), state if ours else None, layout)
         clock.say(f"{label}: timing latent {list(shape)} ({'packed Triton/varlen' if ours else 'diffusers SDPA + mask'}"
                   f" attention), ~{predicted:.0f} s")

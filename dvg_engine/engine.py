@@ -353,20 +353,14 @@ class _Generation:
             n = self._tokens(shape)
             layout = processors.PackedAttention.prefix([n + length for length in condition.text_lengths],
                                                        n + condition.text_seq_len, self.prep.device)
-            if self._fused_rope():
+            if self.config.fused_rope:  # RoPE inside the q/k packing instead of the per-shape tables
                 pt, ph, pw = self.adapter.patch
                 cfg = self.pipe.transformer.config
                 grid = (shape[0] // pt, shape[1] // ph, shape[2] // pw)
-                layout.fused_rope = processors.FusedRope.build([grid] * len(condition.text_lengths),
-                                                               condition.text_lengths, False, cfg.rope_axes_dim,
-                                                               cfg.rope_theta, self.prep.device)
+                layout.attach_fused_rope([grid] * len(condition.text_lengths), condition.text_lengths, False,
+                                         cfg.rope_axes_dim, cfg.rope_theta)
             self.layouts[key] = layout
         return layout
-
-    def _fused_rope(self) -> bool:
-        # `fused_rope` (off by default: unmeasured on a GPU) applies RoPE inside the q/k packing
-        # (`torch.ops.dvg.pack_qk_rope`) instead of from the per-shape tables.
-        return self.config.fused_rope
 
     def _velocity_group(self, group_latents, indices, axes, timestep_value, step, group_index=None) -> torch.Tensor:
         prep = self.prep
@@ -460,7 +454,7 @@ class _Generation:
         compile_kwargs = self.compiled.kwargs if self.compiled.enabled else None
         cls = (processors.PackedHunyuanVideo15Forward if isinstance(self.adapter, adapters.HunyuanVideo15Adapter)
                else processors.PackedHunyuanVideoForward)
-        return cls(transformer, self.state, self._fused_rope(), compile_kwargs=compile_kwargs)
+        return cls(transformer, self.state, self.config.fused_rope, compile_kwargs=compile_kwargs)
 
     # ---- enabled=False: full resolution, our attention path ----
     def _run_full(self):

@@ -88,6 +88,18 @@ class PackedAttention:
     # set: RoPE is applied while packing q/k (`torch.ops.dvg.pack_qk_rope`), not from the rotary tables
     fused_rope: Optional[FusedRope] = None
 
+    def attach_fused_rope(self, grids: Sequence[Sequence[int]], text_lengths: Sequence[int], text_stream: bool,
+                          rope_axes_dim: Sequence[int], theta: float) -> "PackedAttention":
+        """Set `fused_rope` (see `FusedRope.build`) after checking, on the host, that its segments are this
+        layout's: the fused ops run with validate=False on both, so they must describe the same stream."""
+        fused = FusedRope.build(grids, text_lengths, text_stream, rope_axes_dim, theta, self.cu_seqlens.device)
+        lengths = [int(t) * int(h) * int(w) + int(n) for (t, h, w), n in zip(grids, text_lengths)]
+        if lengths != list(self.segment_lengths):
+            raise RuntimeError(f"DVG fused-RoPE segments {lengths} (latent + text tokens) differ from the attention "
+                               f"layout's {list(self.segment_lengths)}; the engine's packing plan is inconsistent")
+        self.fused_rope = fused
+        return self
+
     @classmethod
     def prefix(cls, valid_lengths: Sequence[int], seq_len: int, device) -> "PackedAttention":
         """Layout for a padded batch whose sample b has its valid rows at positions [0, valid_lengths[b])."""
@@ -473,8 +485,7 @@ class PackedHunyuanVideoForward:
             if self.fused_rope:
                 cfg = tr.config
                 grids = [(h.shape[2] // p_t, h.shape[3] // p, h.shape[4] // p) for h in hidden_list]
-                layout.fused_rope = FusedRope.build(grids, lengths_txt, True, cfg.rope_axes_dim, cfg.rope_theta,
-                                                    device)
+                layout.attach_fused_rope(grids, lengths_txt, True, cfg.rope_axes_dim, cfg.rope_theta)
             seg_img = _Segments.of_lengths(lengths_img, device)
             if first_frame is not None:
                 # the blocks' image modulation segments: [frame 0 of b, rest of b] per sample

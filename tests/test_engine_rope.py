@@ -71,3 +71,16 @@ def test_hv15_cfg_fused_rope_matches_rope_tables():
     prompt = tp.hv15_prompt(2, negative=True)
     table, fused = _run_both(pipe, lambda: pipe(**prompt, generator=tp.gens(2), **args).frames)
     assert_verbose_allclose(fused, table, atol=ATOL, rtol=1e-5, name="HV-1.5 fused RoPE vs tables")
+
+
+def test_fused_rope_segments_must_match_the_attention_layout():
+    """The fused ops run with validate=False on the layout and on its FusedRope: attaching one whose segments
+    (latent + text tokens) differ from the layout's is refused on the host."""
+    from dvg_engine import processors
+    layout = processors.PackedAttention.prefix([2 * 3 * 4 + 5, 2 * 3 * 4 + 7], 2 * 3 * 4 + 8, "cpu")
+    layout.attach_fused_rope([(2, 3, 4)] * 2, [5, 7], False, [16, 24, 24], 256.0)
+    assert layout.fused_rope.total == 2 * 24 + 12 and layout.fused_rope.total_latent == 48
+    with pytest.raises(RuntimeError, match=r"fused-RoPE segments \[29, 31\] .* differ from the attention layout's "
+                                           r"\[29, 32\]"):
+        processors.PackedAttention.prefix([29, 32], 32, "cpu").attach_fused_rope([(2, 3, 4)] * 2, [5, 7], False,
+                                                                                 [16, 24, 24], 256.0)
