@@ -15,6 +15,12 @@ A module without `run` is listed as skipped, and so is one whose module-level `D
 of that name, so a benchmark needs no import from this package). One that raises anything else is
 recorded as FAILED with the one-line cause, the others still run, and the exit code is 1. The appended section starts with the machine,
 date (UTC), commit and device, so every number in RESULTS.md says where it came from.
+
+With `plot_dir` (`dvg bench --plot DIR`) each module's rows are also drawn (dvg_engine.plots.BENCH_CHARTS:
+bench_e2e, bench_pack_ln, bench_resample, bench_attention) to DIR/<module>-<device>-<date>.png, linked
+from the module's part of the section (relative to the results file); a module that was skipped, failed,
+has no chart or lacks the chart's keys gets a one-line "no chart" note instead. Charts are drawn after
+every module ran and each failure is caught, so plotting never loses the tables.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ class BenchmarkSkipped(Exception):
     """Raised by a benchmark's run() that cannot run here (e.g. it needs CUDA): recorded as skipped."""
 
 
-__all__ = ["BenchmarkSkipped", "main", "discover", "machine_info", "git_commit", "render_result", "format_section", "run_benchmarks"]
+__all__ = ["BenchmarkSkipped", "main", "discover", "machine_info", "git_commit", "render_result", "format_section",
+           "run_benchmarks", "draw_charts"]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -196,9 +203,9 @@ def _failed(path: pathlib.Path, exc: BaseException, start: float, echo) -> Tuple
 
 
 def run_benchmarks(files: Sequence[pathlib.Path], device: str, quick: bool,
-                   echo=None) -> List[Tuple[str, str, float, str]]:
+                   echo=None, raw: Optional[Dict[str, Any]] = None) -> List[Tuple[str, str, float, str]]:
     """Run each file's run(device, quick). Returns [(name, status, seconds, markdown)] with status
-    "ok", "skipped" or "FAILED"."""
+    "ok", "skipped" or "FAILED"; `raw`, when given, receives {name: what run() returned} for the "ok" ones."""
     outcomes = []
     for path in files:
         if echo:
@@ -214,7 +221,10 @@ def run_benchmarks(files: Sequence[pathlib.Path], device: str, quick: bool,
             if devices is not None and device not in devices:
                 outcomes.append((path.stem, "skipped", 0.0, f"_skipped: runs on {', '.join(devices)} only_"))
                 continue
-            text = render_result(_call_run(runner, device, quick))
+            result = _call_run(runner, device, quick)
+            text = render_result(result)
+            if raw is not None:
+                raw[path.stem] = result
             outcomes.append((path.stem, "ok", time.perf_counter() - start, text))
         except KeyboardInterrupt:
             raise
@@ -232,7 +242,10 @@ def run_benchmarks(files: Sequence[pathlib.Path], device: str, quick: bool,
 
 
 def format_section(outcomes, info: Dict[str, Any], *, device: str, quick: bool, commit: str,
-                   date: Optional[datetime.datetime] = None, bench_dir: Optional[pathlib.Path] = None) -> str:
+                   date: Optional[datetime.datetime] = None, bench_dir: Optional[pathlib.Path] = None,
+                   charts: Optional[Dict[str, str]] = None) -> str:
+    """The markdown section for `outcomes`; `charts` maps a module name to the markdown line (image link or
+    "no chart" note) that follows its table."""
     date = date or datetime.datetime.now(datetime.timezone.utc)
     machine = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     lines = [f"## dvg bench {'--quick ' if quick else ''}— {date.strftime('%Y-%m-%d %H:%M UTC')} — {machine}", ""]
@@ -248,6 +261,8 @@ def format_section(outcomes, info: Dict[str, Any], *, device: str, quick: bool, 
     for name, status, seconds, text in outcomes:
         where = f"benchmarks/{name}.py" if bench_dir is None else str(pathlib.Path(bench_dir) / f"{name}.py")
         lines += ["", f"### {name} ({where}) — {status}, {seconds:.1f} s", "", text]
+        if charts and name in charts:
+            lines += ["", charts[name]]
     return "\n".join(lines) + "\n"
 
 
@@ -262,10 +277,50 @@ def append_section(results: pathlib.Path, section: str) -> None:
         results.write_text("# Benchmark results\n\n" + section)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def draw_charts(outcomes, raw: Dict[str, Any], plot_dir: pathlib.Path, results: pathlib.Path, *, device: str,
+                date: datetime.datetime, echo=None) -> Dict[str, str]:
+    """One chart per module that has something to draw (see the module docstring). Returns {name: markdown
+    line}: an image link relative to `results`' folder, or a one-line "no chart" note. Never raises for a
+    module's data or a plotting failure: those become notes."""
+    stamp = date.strftime("%Y%m%d-%H%M%S")
+    lines: Dict[str, str] = {}
+    try:
+        from . import plots
+    except Exception as exc:  # e.g. matplotlib missing: the tables matter more than the pictures
+        return {name: f"_chart failed: {_one_line(exc)}_" for name, _, _, _ in outcomes}
+    for name, status, _, _ in outcomes:
+        if status != "ok":
+            lines[name] = f"_no chart: the module {'was skipped' if status == 'skipped' else 'failed'}_"
+            continue
+        target = pathlib.Path(plot_dir) / f"{name}-{device}-{stamp}.png"
+        try:
+            written = pathlib.Path(plots.plot_benchmark(name, raw.get(name), target))
+            link = pathlib.Path(os.path.relpath(written.resolve(), pathlib.Path(results).resolve().parent)).as_posix()
+        except plots.NothingToPlot as exc:
+            lines[name] = f"_no chart: {' '.join(str(exc).split())}_"
+            continue
+        except Exception as exc:  # a plotting bug or an unwritable folder must not lose the section
+            try:  # no half-written PNG left behind
+                target.unlink(missing_ok=True)
+            except OSError:
+                pass
+            lines[name] = f"_chart failed: {_one_line(exc)}_"
+            continue
+        lines[name] = f"![{name} chart]({link})"
+        if echo:
+            echo(f"dvg bench: {name}: chart {written}")
+    return lines
+
+
 def main(*, quick: bool = False, gpu: bool = False, results: Optional[str] = None, only: Optional[Sequence[str]] = None,
-         bench_dir: Optional[str] = None, echo=None) -> int:
+         bench_dir: Optional[str] = None, plot: Optional[str] = None, echo=None) -> int:
     """`dvg bench`. Returns 0 when every module ran or was skipped, 1 when one failed (the section is
-    written either way). Raises ValueError for a bad --only / --bench-dir and RuntimeError for --gpu
+    written either way). `plot`: a folder for one PNG chart per module (created if missing), linked from
+    the section. Raises ValueError for a bad --only / --bench-dir / --plot and RuntimeError for --gpu
     without a visible CUDA device."""
     import torch
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -276,15 +331,22 @@ def main(*, quick: bool = False, gpu: bool = False, results: Optional[str] = Non
     device = "cuda" if gpu else "cpu"
     if gpu and not torch.cuda.is_available():
         raise RuntimeError("--gpu was given but no CUDA device is visible (torch.cuda.is_available() is False)")
+    if plot is not None and pathlib.Path(plot).exists() and not pathlib.Path(plot).is_dir():
+        raise ValueError(f"argument --plot: {plot!r} exists and is not a folder; allowed: a folder (created if "
+                         f"missing) for the chart PNGs")
     files = discover(directory, only)
     # Benchmarks import helpers from their own folder (and the tests' tolerance module).
     for extra in (directory, REPO_ROOT / "tests"):
         if extra.is_dir() and str(extra) not in sys.path:
             sys.path.insert(0, str(extra))
-    outcomes = run_benchmarks(files, device, quick, echo=echo)
-    section = format_section(outcomes, machine_info(device), device=device, quick=quick, commit=git_commit(),
-                             bench_dir=None if bench_dir is None else directory)
+    raw: Dict[str, Any] = {}
+    outcomes = run_benchmarks(files, device, quick, echo=echo, raw=raw)
     target = pathlib.Path(results) if results else DEFAULT_RESULTS
+    date = datetime.datetime.now(datetime.timezone.utc)
+    charts = None if plot is None else draw_charts(outcomes, raw, pathlib.Path(plot), target, device=device,
+                                                   date=date, echo=echo)
+    section = format_section(outcomes, machine_info(device), device=device, quick=quick, commit=git_commit(),
+                             date=date, bench_dir=None if bench_dir is None else directory, charts=charts)
     append_section(target, section)
     echo(f"dvg bench: appended {len(outcomes)} result(s) to {target}")
     print(section)

@@ -3,7 +3,7 @@
     dvg demo [--out DIR] [--budget B] [--steps N] [--seed S]
     dvg generate --model ID_OR_PATH --prompt TEXT [...] --out video.mp4 [--baseline] [--report r.json]
     dvg plan --model hunyuan-video --height 720 --width 1280 --frames 129 --steps 50 --budget 0.5 ...
-    dvg bench [--quick] [--gpu] [--results PATH]
+    dvg bench [--quick] [--gpu] [--results PATH] [--plot DIR]
 
 Exit codes: 0 success; 2 bad usage or a bad argument value (one argparse-style line on stderr:
 ``dvg generate: error: ...``); 1 a runtime failure (one line naming the cause; the Python traceback
@@ -221,6 +221,10 @@ def _add_bench(sub) -> None:
                                                                    "repeatable")
     p.add_argument("--bench-dir", metavar="DIR", help="folder of bench_*.py modules (default: the checkout's "
                                                       "benchmarks/)")
+    p.add_argument("--plot", metavar="DIR", help="also draw one PNG chart per module that has something to draw "
+                                                 "(e2e speedup and stage times, pack/LN %% of copy bandwidth, "
+                                                 "resample speedup, attention TFLOP/s) into DIR, linked from the "
+                                                 "appended section")
     _common(p)
 
 
@@ -269,7 +273,7 @@ def _cmd_bench(args) -> int:
     from . import bench
     try:
         return bench.main(quick=args.quick, gpu=args.gpu, results=args.results, only=args.only,
-                          bench_dir=args.bench_dir)
+                          bench_dir=args.bench_dir, plot=args.plot)
     except ValueError as exc:  # only argument problems escape bench.main as ValueError (module errors are recorded)
         raise UsageError(_one_line(exc)) from None
 
