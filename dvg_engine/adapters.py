@@ -37,16 +37,24 @@ class Condition:
     text_seq_len: int
     # per-sample host-side extras for the packed forward (HunyuanVideo-1.5: "text_parts")
     packed_kwargs: Dict[str, List[Any]] = dataclasses.field(default_factory=dict)
+    # select()'s results per sample group: the per-group path selects every step, and rebuilding would put
+    # host->device index copies (each a stream sync on CUDA) and gathers into the step loop
+    _selections: Dict[Tuple[int, ...], "Condition"] = dataclasses.field(default_factory=dict, repr=False,
+                                                                         compare=False)
 
     def select(self, indices: Sequence[int]) -> "Condition":
-        """The condition restricted to the samples `indices` (for per-plan sample groups)."""
-        if list(indices) == list(range(len(self.text_lengths))):
+        """The condition restricted to the samples `indices` (for per-plan sample groups), built once per group."""
+        key = tuple(indices)
+        if key == tuple(range(len(self.text_lengths))):
             return self
-        index = torch.tensor(list(indices), dtype=torch.long)
-        kwargs = {k: (v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
-                      and v.shape[0] == len(self.text_lengths) else v) for k, v in self.kwargs.items()}
-        packed = {k: [v[i] for i in indices] for k, v in self.packed_kwargs.items()}
-        return Condition(self.name, kwargs, [self.text_lengths[i] for i in indices], self.text_seq_len, packed)
+        if key not in self._selections:
+            index = torch.tensor(key, dtype=torch.long)
+            kwargs = {k: (v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+                          and v.shape[0] == len(self.text_lengths) else v) for k, v in self.kwargs.items()}
+            packed = {k: [v[i] for i in key] for k, v in self.packed_kwargs.items()}
+            self._selections[key] = Condition(self.name, kwargs, [self.text_lengths[i] for i in key],
+                                              self.text_seq_len, packed)
+        return self._selections[key]
 
 
 @dataclasses.dataclass
@@ -425,9 +433,21 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
         mix = torch.tensor([0.999], device=prep.device)
         return latents * mix + image.expand(-1, -1, t, -1, -1) * (1 - mix)
 
+    @staticmethod
+    def _stage_image(prep: Prepared, stage_axes, sample_indices, batch: int) -> torch.Tensor:
+        """(len(sample_indices) or batch, C, 1, h, w): the samples' image latents on the stage's axes, cached per
+        (axes, samples) for the call: rebuilding it each step would put host->device index copies (each a
+        stream sync on CUDA) and gathers into the step loop."""
+        indices = tuple(range(batch)) if sample_indices is None else tuple(sample_indices)
+        key = (None if stage_axes is None else tuple(tuple(a) for a in stage_axes), indices)
+        cache = prep.extra.setdefault("stage_images", {})
+        if key not in cache:
+            full = prep.extra["image_latents"]
+            cache[key] = _subsample(full.index_select(0, torch.tensor(indices, device=full.device)), stage_axes)
+        return cache[key]
+
     def model_input(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices) -> torch.Tensor:
-        index = torch.tensor(list(sample_indices), device=latents.device)
-        image = _subsample(prep.extra["image_latents"].index_select(0, index), stage_axes).to(latents.dtype)
+        image = self._stage_image(prep, stage_axes, sample_indices, latents.shape[0]).to(latents.dtype)
         if self.condition_type == "token_replace":
             return torch.cat([image, latents[:, :, 1:]], dim=2).to(prep.dtype)
         cond = torch.zeros_like(latents)
@@ -439,9 +459,7 @@ class HunyuanVideoI2VAdapter(HunyuanVideoAdapter):
     def post_step(self, prep: Prepared, latents: torch.Tensor, stage_axes, sample_indices=None) -> torch.Tensor:
         if self.condition_type != "token_replace":
             return latents
-        indices = list(sample_indices) if sample_indices is not None else list(range(latents.shape[0]))
-        index = torch.tensor(indices, device=latents.device)
-        image = _subsample(prep.extra["image_latents"].index_select(0, index), stage_axes).to(latents.dtype)
+        image = self._stage_image(prep, stage_axes, sample_indices, latents.shape[0]).to(latents.dtype)
         return torch.cat([image, latents[:, :, 1:]], dim=2)
 
     def decode(self, prep: Prepared, latents: torch.Tensor):

@@ -244,7 +244,9 @@ class _compiled_blocks:
     # Each stage shape costs up to 3 graphs per block code object (HunyuanVideo's single-stream blocks compile
     # twice: the first one gets the dual stream's contiguous output, the others a strided slice), so the
     # default would be spent by one plan's four shapes and every later plan's new stage shapes would run
-    # eagerly; 64 leaves room for about a dozen plans.
+    # eagerly; 64 leaves room for about a dozen plans. Graphs are also specialised on the prompts' valid text
+    # lengths (the packed token count and max_seqlen are static under dynamic=False), so prompts of new lengths
+    # compile anew: after the limit, Dynamo runs that code eagerly (with fullgraph=True it raises instead).
     RECOMPILE_LIMIT = 64
 
     def __init__(self, transformer, setting) -> None:
@@ -395,6 +397,11 @@ class _Generation:
         schedule = self.schedule
         if step + 1 >= self.prep.num_steps:
             return torch.zeros((), dtype=torch.float32, device=self.prep.device)
+        stage_timesteps = getattr(self, "stage_timesteps", None)
+        if stage_timesteps is not None:
+            # the DVG loop: the schedule in force, already on the device (a per-step host float copied to
+            # the device would be a synchronising copy inside the step loop)
+            return stage_timesteps[step + 1]
         value = schedule.model_timestep(step + 1)
         return torch.as_tensor(value, dtype=torch.float32).to(self.prep.device)
 
@@ -624,7 +631,8 @@ class _Generation:
             # is re-shifted at each transition): a per-step torch.tensor(..., device="cuda") would be a
             # synchronising host->device copy inside the step loop (found with CUDA's sync debug mode).
             values = [schedule.model_timestep(j) for j in range(num_steps)]
-            return torch.tensor(values, dtype=torch.float32).to(prep.device)
+            self.stage_timesteps = torch.tensor(values, dtype=torch.float32).to(prep.device)
+            return self.stage_timesteps
 
         timesteps_on_device = stage_timesteps()
         with pipe.progress_bar(total=num_steps) as bar:
