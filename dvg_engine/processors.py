@@ -461,8 +461,7 @@ class PackedHunyuanVideoForward:
         p, p_t = tr.config.patch_size, tr.config.patch_size_t
         device = hidden_list[0].device
 
-        # 1. RoPE (per sample grid, cached), 2. conditional embeddings, patch embedding, text
-        ropes = None if self.fused_rope else [self._rope(h) for h in hidden_list]
+        # 1. conditional embeddings, patch embedding, text (RoPE: per layout, below)
         temb, tr_emb, image_tokens, texts = self._embed(hidden_list, timestep, text_lengths, kwargs)
 
         # 3. Packing: image stream [1, Ti, D], text stream [1, Tt, D], segments, and the attention layout
@@ -493,10 +492,14 @@ class PackedHunyuanVideoForward:
                                                        for n in (f, n_i - f)], device)
             else:
                 seg_img_blocks = seg_img
-            cached = (seg_img, seg_img_blocks, _Segments.of_lengths(lengths_txt, device), layout)
+            # 2. RoPE: the samples' tables (per grid, cached) concatenated in stream order, once per layout
+            rope = None
+            if not self.fused_rope:
+                ropes = [self._rope(h) for h in hidden_list]
+                rope = tuple(torch.cat([r[i] for r in ropes], dim=0) for i in (0, 1))
+            cached = (seg_img, seg_img_blocks, _Segments.of_lengths(lengths_txt, device), layout, rope)
             self.layout_cache[key] = cached
-        seg_img, seg_img_blocks, seg_txt, layout = cached
-        rope = None if ropes is None else (torch.cat([r[0] for r in ropes], dim=0), torch.cat([r[1] for r in ropes], dim=0))
+        seg_img, seg_img_blocks, seg_txt, layout, rope = cached
 
         # 4. Transformer blocks
         with self.state.activate(layout):
