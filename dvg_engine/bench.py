@@ -335,12 +335,17 @@ def main(*, quick: bool = False, gpu: bool = False, results: Optional[str] = Non
         raise ValueError(f"argument --plot: {plot!r} exists and is not a folder; allowed: a folder (created if "
                          f"missing) for the chart PNGs")
     files = discover(directory, only)
-    # Benchmarks import helpers from their own folder (and the tests' tolerance module).
+    # Benchmarks import helpers from their own folder (and the tests' tolerance module): on sys.path while they
+    # run only, so a later `import bench_x` elsewhere in this process is not shadowed by that folder.
+    saved_path = list(sys.path)
     for extra in (directory, REPO_ROOT / "tests"):
         if extra.is_dir() and str(extra) not in sys.path:
             sys.path.insert(0, str(extra))
     raw: Dict[str, Any] = {}
-    outcomes = run_benchmarks(files, device, quick, echo=echo, raw=raw)
+    try:
+        outcomes = run_benchmarks(files, device, quick, echo=echo, raw=raw)
+    finally:
+        sys.path[:] = saved_path
     target = pathlib.Path(results) if results else DEFAULT_RESULTS
     date = datetime.datetime.now(datetime.timezone.utc)
     charts = None if plot is None else draw_charts(outcomes, raw, pathlib.Path(plot), target, device=device,

@@ -3,6 +3,8 @@ ones in benchmarks/RESULTS.md (bench_attention is CUDA-only, so its rows here ar
 H100 section)."""
 import pathlib
 
+import sys
+
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -159,9 +161,13 @@ def _fake_bench_dir(tmp_path):
 def test_bench_plot_notes_and_links(tmp_path, capsys):
     results = tmp_path / "out" / "R.md"
     plot_dir = tmp_path / "charts"
+    path_before = list(sys.path)
     code = cli.main(["bench", "--bench-dir", str(_fake_bench_dir(tmp_path)), "--results", str(results),
                      "--plot", str(plot_dir)])
     capsys.readouterr()
+    # the benchmark folder is on sys.path only while the modules run: left there, its fake bench_e2e.py
+    # shadowed benchmarks/bench_e2e.py for every later `import bench_e2e` in the test session
+    assert sys.path == path_before
     assert code == 1  # bench_pack_ln failed; its table section and the others' are still written
     text = results.read_text()
     pngs = sorted(plot_dir.glob("*.png"))

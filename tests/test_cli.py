@@ -27,7 +27,8 @@ def _library_log_handlers_follow_capture():
     for module in (diffusers_logging, transformers_logging):
         handler = getattr(module, "_default_handler", None)
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(_sys.stderr)
+            # not setStream(): it flushes the old stream first, which an earlier test's capture may have closed
+            handler.stream = _sys.stderr
             handler.flush = _sys.stderr.flush
     yield
 
