@@ -189,14 +189,21 @@ def test_bench_plot_failure_keeps_the_tables(tmp_path, capsys, monkeypatch):
     def broken(rows, path):
         raise RuntimeError("renderer exploded")
     monkeypatch.setitem(plots.BENCH_CHARTS, "bench_resample", broken)
+    text = _fake_resample_bench_with_plot(tmp_path, capsys, tmp_path / "charts")
+    assert "_chart failed: RuntimeError: renderer exploded_" in text
+
+
+def _fake_resample_bench_with_plot(tmp_path, capsys, plot_dir) -> str:
+    """`dvg bench --plot plot_dir` over the fake bench_resample: exits 0 with its table written; returns the
+    results text."""
     results = tmp_path / "R.md"
     code = cli.main(["bench", "--bench-dir", str(_fake_bench_dir(tmp_path)), "--only", "bench_resample",
-                     "--results", str(results), "--plot", str(tmp_path / "charts")])
+                     "--results", str(results), "--plot", str(plot_dir)])
     capsys.readouterr()
     assert code == 0
     text = results.read_text()
     assert "| 0->1 [4, 12, 20]->[6, 18, 32] |" in text
-    assert "_chart failed: RuntimeError: renderer exploded_" in text
+    return text
 
 
 def test_bench_plot_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
@@ -232,10 +239,5 @@ def test_dvg_bench_quick_plot_real_modules(tmp_path, capsys):
 def test_bench_plot_unwritable_folder_keeps_the_tables(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    results = tmp_path / "R.md"
-    code = cli.main(["bench", "--bench-dir", str(_fake_bench_dir(tmp_path)), "--only", "bench_resample",
-                     "--results", str(results), "--plot", str(blocker / "charts")])
-    capsys.readouterr()
-    assert code == 0
-    text = results.read_text()
-    assert "| 0->1 [4, 12, 20]->[6, 18, 32] |" in text and "_chart failed: " in text and "![" not in text
+    text = _fake_resample_bench_with_plot(tmp_path, capsys, blocker / "charts")
+    assert "_chart failed: " in text and "![" not in text

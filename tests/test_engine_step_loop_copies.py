@@ -40,6 +40,25 @@ class _CountingTorch:
         return getattr(torch, name)
 
 
+def _calls_at_12_and_20_steps(pipe, monkeypatch, run, mixed: bool):
+    """`torch.tensor`/`as_tensor` calls the adapters make in one generation of 12 and of 20 steps (`run(steps)`
+    generates), checking each time whether the samples got different plans (`mixed`)."""
+    counting = _CountingTorch()
+    monkeypatch.setattr(adapters, "torch", counting)
+    counts = []
+    try:
+        for steps in (12, 20):
+            before = counting.tensor_calls
+            run(steps)
+            counts.append(counting.tensor_calls - before)
+            shapes = [s["stage_shapes"] for s in pipe.dvg.last_report["samples"]]
+            assert (shapes[0] != shapes[1]) == mixed
+    finally:
+        pipe.dvg.restore()
+    assert counts[0] > 0  # the count does see the adapter's copies
+    assert counts[0] == counts[1], f"adapter torch.tensor calls: {counts[0]} at 12 steps vs {counts[1]} at 20 steps"
+
+
 @pytest.mark.parametrize("mode", ["latent_concat", "token_replace"])
 @pytest.mark.parametrize("scope", ["batch", "mixed"])
 def test_i2v_image_condition_is_not_rebuilt_per_step(monkeypatch, mode, scope):
@@ -47,21 +66,9 @@ def test_i2v_image_condition_is_not_rebuilt_per_step(monkeypatch, mode, scope):
     pipe.set_progress_bar_config(disable=True)
     plan = dict(plan_scope="batch") if scope == "batch" else dict(plan=DEMANDS)
     compile_pipeline(pipe, budget=0.5, **plan)
-    counting = _CountingTorch()
-    monkeypatch.setattr(adapters, "torch", counting)
-    counts = []
-    try:
-        for steps in (12, 20):
-            before = counting.tensor_calls
-            pipe(**tp.hv_prompt(2), image=tp.test_image(), height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES,
-                 num_inference_steps=steps, output_type="latent", generator=tp.gens(2))
-            counts.append(counting.tensor_calls - before)
-            shapes = [s["stage_shapes"] for s in pipe.dvg.last_report["samples"]]
-            assert (shapes[0] != shapes[1]) == (scope == "mixed")
-    finally:
-        pipe.dvg.restore()
-    assert counts[0] > 0  # the count does see the adapter's copies
-    assert counts[0] == counts[1], f"adapter torch.tensor calls: {counts[0]} at 12 steps vs {counts[1]} at 20 steps"
+    _calls_at_12_and_20_steps(pipe, monkeypatch, lambda steps: pipe(
+        **tp.hv_prompt(2), image=tp.test_image(), height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES,
+        num_inference_steps=steps, output_type="latent", generator=tp.gens(2)), mixed=scope == "mixed")
 
 
 def test_per_group_path_selects_each_condition_once_per_group(monkeypatch):
@@ -75,21 +82,9 @@ def test_per_group_path_selects_each_condition_once_per_group(monkeypatch):
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))  # threshold 0: never skips a block
     assert engine._has_forward_hooks(pipe.transformer)  # so the per-group path runs
     compile_pipeline(pipe, budget=0.5, plan=DEMANDS)
-    counting = _CountingTorch()
-    monkeypatch.setattr(adapters, "torch", counting)
-    counts = []
-    try:
-        for steps in (12, 20):
-            before = counting.tensor_calls
-            pipe(**tp.hv_prompt(2), height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES,
-                 num_inference_steps=steps, output_type="latent", generator=tp.gens(2))
-            counts.append(counting.tensor_calls - before)
-            shapes = [s["stage_shapes"] for s in pipe.dvg.last_report["samples"]]
-            assert shapes[0] != shapes[1]
-    finally:
-        pipe.dvg.restore()
-    assert counts[0] > 0
-    assert counts[0] == counts[1], f"adapter torch.tensor calls: {counts[0]} at 12 steps vs {counts[1]} at 20 steps"
+    _calls_at_12_and_20_steps(pipe, monkeypatch, lambda steps: pipe(
+        **tp.hv_prompt(2), height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inference_steps=steps,
+        output_type="latent", generator=tp.gens(2)), mixed=True)
 
 
 def test_meanflow_timestep_r_from_stage_timesteps(monkeypatch):
