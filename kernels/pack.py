@@ -15,8 +15,10 @@ reused by every head of q and of k.
 RoPE (fused variant): angle = pos · inv_freq[pair] in fp32 (the rounding diffusers does), reduced to
 [−π, π] in fp64 before the fp32 cos/sin, because the GPU's fast trig loses accuracy for the angles of up
 to a few hundred radians that large grids produce. Interleaved pairs are handled without strided loads:
-the tile `x (BLOCK_T, HEAD_DIM)` is loaded coalesced, and its pair partner `x[d ^ 1]` by a second load of
-the same (cached) lines, so `out = x·cos + (±x[d ^ 1])·sin` with − on even channels.
+the tile `x (BLOCK_T, HEAD_DIM)` is loaded coalesced once and split into its even and odd channels in
+registers (reshape to (BLOCK_T, HEAD_DIM/2, 2) and `tl.split`); cos/sin are computed once per channel pair.
+(An earlier version loaded the pair partner `x[d ^ 1]` with a second, gathered load: the compiler made it
+scalar 16-bit loads, four times the vector loads of the tile itself, on sm_90.)
 
 Unpack: one program per block of output rows over a virtual index space: the `total_latent` latent rows
 followed by the `B·text_len` padded text rows (text rows past a sample's valid text get zeros), or by the
@@ -48,6 +50,17 @@ def _sample_of(position, Cu, num_samples):
         bound = tl.load(Cu + k).to(tl.int64)
         sample += (bound <= position).to(tl.int64)
     return sample
+
+
+@triton.jit
+def _rotate_pairs(x, cos, sin, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interleaved-pair RoPE of a (BLOCK_T, BLOCK_D) tile with (BLOCK_T, BLOCK_D / 2) cos/sin, as diffusers'
+    apply_rotary_emb: even 2i → x[2i]·cos − x[2i+1]·sin, odd 2i+1 → x[2i+1]·cos + x[2i]·sin, in fp32.
+    The pairs are split out of the one coalesced load in registers (no second, gathered load)."""
+    even, odd = tl.split(tl.reshape(x.to(tl.float32), (BLOCK_T, BLOCK_D // 2, 2)))
+    rot_even = even * cos + (-odd) * sin
+    rot_odd = odd * cos + even * sin
+    return tl.reshape(tl.join(rot_even, rot_odd), (BLOCK_T, BLOCK_D)).to(x.dtype)
 
 
 @triton.jit
@@ -98,10 +111,11 @@ def _pack_kernel(
         pos_t = local // plane
         pos_h = (local % plane) // grid_w
         pos_w = local % grid_w
-        pair = d // 2
+        # One angle per channel pair (BLOCK_D / 2 of them), shared by both channels of the pair.
+        pair = tl.arange(0, BLOCK_D // 2)
         axis_pos = tl.where((pair < ROPE_PAIRS_T)[None, :], pos_t[:, None],
                             tl.where((pair < ROPE_PAIRS_T + ROPE_PAIRS_H)[None, :], pos_h[:, None], pos_w[:, None]))
-        inv_freq = tl.load(InvFreq + pair, mask=d_ok, other=0.0)
+        inv_freq = tl.load(InvFreq + pair, mask=pair < HEAD_DIM // 2, other=0.0)
         angle = axis_pos.to(tl.float32) * inv_freq[None, :]
         # Range reduction in fp64 (exact enough for |angle| < 1e6): fast fp32 trig is only accurate near 0.
         angle64 = angle.to(tl.float64)
@@ -111,9 +125,6 @@ def _pack_kernel(
         reduced = (angle64 - turns * two_pi).to(tl.float32)
         cos = tl.cos(reduced)
         sin = tl.sin(reduced)
-        # even channel 2i: x[2i]·cos − x[2i+1]·sin; odd channel 2i+1: x[2i+1]·cos + x[2i]·sin
-        sign = tl.where((d % 2) == 0, -1.0, 1.0)
-        partner = d ^ 1
 
     for head in range(heads):
         lat_off = lat_row[:, None] * stride_lat_tok + head * stride_lat_head
@@ -121,9 +132,7 @@ def _pack_kernel(
         out_off = position[:, None] * stride_out_tok + head * stride_out_head + d[None, :]
         x = tl.load(Lat + lat_off + d[None, :], mask=lat_mask, other=0.0)
         if APPLY_ROPE:
-            x_partner = tl.load(Lat + lat_off + partner[None, :], mask=lat_mask, other=0.0)
-            rotated = x.to(tl.float32) * cos + (sign[None, :] * x_partner.to(tl.float32)) * sin
-            x = rotated.to(x.dtype)
+            x = _rotate_pairs(x, cos, sin, BLOCK_T, BLOCK_D)
         x = tl.where(lat_mask, x, tl.load(Txt + txt_off + d[None, :], mask=txt_mask, other=0.0))
         tl.store(Out + out_off, x, mask=out_mask)
         if HAS_SECOND:
@@ -131,9 +140,7 @@ def _pack_kernel(
             txt_off2 = txt_b[:, None] * stride_txt2_b + txt_t[:, None] * stride_txt2_tok + head * stride_txt2_head
             y = tl.load(Lat2 + lat_off2 + d[None, :], mask=lat_mask, other=0.0)
             if APPLY_ROPE:
-                y_partner = tl.load(Lat2 + lat_off2 + partner[None, :], mask=lat_mask, other=0.0)
-                rotated2 = y.to(tl.float32) * cos + (sign[None, :] * y_partner.to(tl.float32)) * sin
-                y = rotated2.to(y.dtype)
+                y = _rotate_pairs(y, cos, sin, BLOCK_T, BLOCK_D)
             y = tl.where(lat_mask, y, tl.load(Txt2 + txt_off2 + d[None, :], mask=txt_mask, other=0.0))
             # Out2 has its own strides: q_out and k_out are independent caller buffers (any strides each)
             out_off2 = position[:, None] * stride_out2_tok + head * stride_out2_head + d[None, :]
