@@ -51,7 +51,9 @@ class DVGConfig:
     allow_fewer_stages: bool = False
     # False: eager blocks. True: `torch.compile` with its defaults. A dict: `torch.compile` keyword arguments
     # (keys COMPILE_BLOCKS_KEYS, e.g. {"backend": "aot_eager"} or {"mode": "max-autotune"}). Always with
-    # dynamic=False: one graph per stage shape, none per step; recompile_limit defaults to 64 where torch
+    # dynamic=False (one graph per stage shape, none per step), except the packed token count, which follows
+    # the prompts' valid text lengths and is marked dynamic so that new prompt lengths reuse the graphs;
+    # recompile_limit defaults to 64 where torch
     # supports it (see `engine._compiled_blocks`). Mixed-plan batches compile the packed forward's per-block
     # computations the same way (`processors.PackedHunyuanVideoForward`).
     compile_blocks: Union[bool, Dict[str, Any]] = False

@@ -16,7 +16,8 @@ How it attaches (no global monkey-patching):
 * during a call only: the transformer's RoPE module is wrapped by a per-shape cache, and with
   `compile_blocks` (True or torch.compile keyword arguments) its blocks run through `torch.compile` (one graph
   per stage shape and block class), and so do the per-block computations of the per-sample packed forward (one
-  graph set per packed layout per stage).
+  graph set per set of stage shapes). The graphs are dynamic in the prompts' valid text lengths only, so prompts
+  of new lengths reuse them.
 
 The denoising loop (dvg-spec.md §12): prompts are encoded and stage-0 noise drawn with the pipeline's
 own methods (the noise at the stage-0 shape, from the user's generator); each step runs the model on the
@@ -234,19 +235,25 @@ class _compiled_blocks:
     dynamic=False: each stage shape compiles once per block class (Dynamo inlines the blocks' modules, so
     instances of one class share a graph; four shapes per plan; Dynamo's cache keeps them across calls), and
     nothing recompiles per step because the step loop reuses the same layout tensors and host ints per shape.
+    The one dimension left dynamic is the packed attention's token count, which follows the prompts' valid text
+    lengths (the blocks see the text padded to the pipeline's fixed length): `processors.PackedAttention.
+    for_compile` marks it and replaces the exact max_seqlen (a host int, hence a graph constant) by a bound fixed
+    per stage shape, so prompts of new lengths compile nothing (with `fused_rope`, not yet: see
+    `processors.FUSED_ROPE_DYNAMIC`). A new *padded* length (another max_sequence_length, or prompt embeddings
+    of another length) does compile anew.
     Outside the call the blocks are the plain modules again, so a shared transformer is unaffected and
     `restore()` has nothing extra to undo. The per-sample packed forward (samples of one batch on different
     plans) calls the blocks' sub-modules itself, bypassing their compiled forward: it compiles its own per-block
-    computations with `kwargs` (`processors.PackedHunyuanVideoForward`; one graph set per packed layout per
-    stage, dynamic=False and the same recompile limit; they live only as long as the DVG call)."""
+    computations with `kwargs` (`processors.PackedHunyuanVideoForward`; one graph set per set of stage shapes,
+    dynamic in the text stream's length, dynamic=False otherwise and the same recompile limit; they live only
+    as long as the DVG call)."""
 
     # Graphs Dynamo keeps per code object before it gives up and runs that code eagerly (torch's default is 8).
     # Each stage shape costs up to 3 graphs per block code object (HunyuanVideo's single-stream blocks compile
     # twice: the first one gets the dual stream's contiguous output, the others a strided slice), so the
     # default would be spent by one plan's four shapes and every later plan's new stage shapes would run
-    # eagerly; 64 leaves room for about a dozen plans. Graphs are also specialised on the prompts' valid text
-    # lengths (the packed token count and max_seqlen are static under dynamic=False), so prompts of new lengths
-    # compile anew: after the limit, Dynamo runs that code eagerly (with fullgraph=True it raises instead).
+    # eagerly; 64 leaves room for about a dozen plans (prompts of new text lengths cost none: see above). Past the
+    # limit, Dynamo runs that code eagerly (with fullgraph=True it raises instead).
     RECOMPILE_LIMIT = 64
 
     def __init__(self, transformer, setting) -> None:
@@ -361,6 +368,10 @@ class _Generation:
                 grid = (shape[0] // pt, shape[1] // ph, shape[2] // pw)
                 layout.attach_fused_rope([grid] * len(condition.text_lengths), condition.text_lengths, False,
                                          cfg.rope_axes_dim, cfg.rope_theta)
+            if self.compiled.enabled:
+                # the padded length bounds every segment and does not depend on the prompts' valid lengths, so
+                # prompts of new lengths reuse the compiled blocks' graphs
+                layout.for_compile(max_seqlen=n + condition.text_seq_len)
             self.layouts[key] = layout
         return layout
 
@@ -457,7 +468,7 @@ class _Generation:
             # which the packed forward bypasses: keep the per-group path, which calls them.
             return None
         # compile_blocks: the packed forward's per-block computations compile with the same arguments as the
-        # blocks of the single-plan forward (one graph set per packed layout per stage; see the classes)
+        # blocks of the single-plan forward (one graph set per set of stage shapes; see the classes)
         compile_kwargs = self.compiled.kwargs if self.compiled.enabled else None
         cls = (processors.PackedHunyuanVideo15Forward if isinstance(self.adapter, adapters.HunyuanVideo15Adapter)
                else processors.PackedHunyuanVideoForward)

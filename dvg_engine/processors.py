@@ -34,6 +34,13 @@ import torch
 from . import _checks
 
 
+# Whether fused-RoPE attention (the `fused_rope` option) joins compile_blocks' graphs that are dynamic in the text
+# length. Under them the packed token counts handed to the pack ops are symbols (torch.SymInt), which the pack
+# ops' validators (dvg_engine.ops.pack: `_validate_pack`, `_validate_unpack`) reject, accepting host ints only:
+# until they accept torch.SymInt too, fused-RoPE layouts compile static graphs (one set per set of prompt lengths).
+FUSED_ROPE_DYNAMIC = False
+
+
 @dataclasses.dataclass
 class FusedRope:
     """What `torch.ops.dvg.pack_qk_rope` needs to apply RoPE while packing (instead of the transformer's per-shape
@@ -77,6 +84,7 @@ class PackedAttention:
         each sample's rows contiguous). cu_seqlens: (num_segments + 1,) int32, on the device.
     max_seqlen: host int (from the plan and the text lengths read once at setup, never a device read).
     segment_lengths: host list, for reports and tests.
+    dynamic_seq_len: `seq_len` is left to the caller to check (see `for_compile`).
     """
 
     rows: torch.Tensor
@@ -87,6 +95,33 @@ class PackedAttention:
     seq_len: int
     # set: RoPE is applied while packing q/k (`torch.ops.dvg.pack_qk_rope`), not from the rotary tables
     fused_rope: Optional[FusedRope] = None
+    dynamic_seq_len: bool = False
+
+    def for_compile(self, max_seqlen: int, dynamic_seq_len: bool = False) -> "PackedAttention":
+        """Prepare the layout for attention inside `torch.compile`d code (the engine's `compile_blocks`), so that
+        prompts of other valid text lengths (same stage shapes) reuse the graphs instead of compiling new ones
+        (not yet with `fused_rope`: see `FUSED_ROPE_DYNAMIC`; call it after `attach_fused_rope`).
+
+        The packed token count (rows' length) depends on the text lengths: it is marked dynamic, so the graphs
+        take it as a symbol. max_seqlen: a bound on every segment's length that depends only on the stage
+        shapes and the *padded* text length (a host int passed to the attention op is a constant of the graph:
+        the exact maximum would specialise it; a larger bound only sizes the Triton grid, whose extra programs
+        find no rows and exit). dynamic_seq_len: the token count the layer receives varies with the text
+        lengths too (the per-sample packed forward's streams); comparing it with the host int `seq_len` inside
+        the compiled code would specialise the graph on it, so the attention skips that check and the caller
+        answers for it (the packed forward builds the layout from the very streams it passes)."""
+        longest = max(self.segment_lengths)
+        if max_seqlen < longest:
+            _checks.fail("max_seqlen", max_seqlen, f"an int >= the longest segment ({longest})")
+        self.max_seqlen = int(max_seqlen)
+        if self.fused_rope is not None and not FUSED_ROPE_DYNAMIC:
+            return self
+        self.dynamic_seq_len = dynamic_seq_len
+        from torch._dynamo import maybe_mark_dynamic
+        # maybe_mark_dynamic, not mark_dynamic: were a length ever specialised anyway, Dynamo recompiles
+        # (the engine's tests count the graphs) instead of failing the user's call
+        maybe_mark_dynamic(self.rows, 0)
+        return self
 
     def attach_fused_rope(self, grids: Sequence[Sequence[int]], text_lengths: Sequence[int], text_stream: bool,
                           rope_axes_dim: Sequence[int], theta: float) -> "PackedAttention":
@@ -160,7 +195,7 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      layout: PackedAttention) -> torch.Tensor:
     """query/key/value: (B, N, heads, head_dim) -> (B, N, heads * head_dim); rows outside the layout are 0."""
     batch, seq_len, heads, head_dim = query.shape
-    if (batch, seq_len) != (layout.batch, layout.seq_len):
+    if batch != layout.batch or (not layout.dynamic_seq_len and seq_len != layout.seq_len):
         raise RuntimeError(f"DVG attention layout is for (batch, tokens)=({layout.batch}, {layout.seq_len}) but the "
                            f"layer received {(batch, seq_len)}; the engine's packing plan and the model disagree")
     flat = (batch * seq_len, heads, head_dim)
@@ -198,11 +233,14 @@ def fused_rope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     def text(x):
         return x.reshape(batch * text_len, heads, head_dim) if fused.cu_text is not None else x
 
+    # the packed token count (fused.total) taken from the rows' length instead: the same int eagerly, and under
+    # compile_blocks a symbol (`PackedAttention.for_compile`), where the host int would specialise the graph
+    total = layout.rows.shape[0]
     # validate=False: the layout was built on the host from the plan (checks would read it back)
     q, k = pack_qk_rope(query.reshape(flat), key.reshape(flat), text(encoder_query), text(encoder_key),
-                        fused.cu_latent, layout.cu_seqlens, fused.grid_sizes, fused.total, fused.rope_axes_dim,
+                        fused.cu_latent, layout.cu_seqlens, fused.grid_sizes, total, fused.rope_axes_dim,
                         fused.theta, fused.inv_freq, fused.cu_text, validate=False)
-    v = pack_tokens(value.reshape(flat), text(encoder_value), fused.cu_latent, layout.cu_seqlens, fused.total,
+    v = pack_tokens(value.reshape(flat), text(encoder_value), fused.cu_latent, layout.cu_seqlens, total,
                     fused.cu_text, validate=False)
     out = _varlen_attention()(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen, layout.max_seqlen,
                               validate=False)
@@ -392,6 +430,19 @@ def _with_token_replace(rows: torch.Tensor, token_replace_rows: Optional[torch.T
     return torch.stack([token_replace_rows, rows], dim=1).flatten(0, 1)
 
 
+def _text_length_dynamic(block_fn):
+    """Wraps a compiled per-block computation ``(block, img, txt, ...)``: the text stream's length (dim 1) is
+    marked dynamic on every call, because each block's `txt` is a new tensor (the previous block's output) and
+    Dynamo reads the mark from the tensor it compiles against."""
+    from torch._dynamo import maybe_mark_dynamic
+
+    def call(block, img, txt, *args):
+        maybe_mark_dynamic(txt, 1)
+        return block_fn(block, img, txt, *args)
+
+    return call
+
+
 class PackedHunyuanVideoForward:
     """HunyuanVideoTransformer3DModel's forward over samples of *different* latent shapes, packed.
 
@@ -417,16 +468,22 @@ class PackedHunyuanVideoForward:
         self.layout_cache: dict = {}
         # compile_kwargs (the engine's `compile_blocks`, resolved): the per-block computations run through
         # torch.compile with dynamic=False. Dynamo keys its graphs on the code object of `_dual_block` /
-        # `_single_block` and guards on the shapes and strides of the packed streams (set by the packed layout of
-        # the stage, fixed for all its steps) and on the block's module structure (the same for every block of
-        # a class, so the blocks share graphs): one graph set per packed layout per stage, none per step. The
-        # compiled callables belong to this object, which lives for one DVG call, so nothing stays compiled
-        # outside it.
+        # `_single_block` and guards on the shapes and strides of the packed streams and on the block's module
+        # structure (the same for every block of a class, so the blocks share graphs). The image stream is fixed
+        # by the stage shapes; the text stream's length (the samples' valid text tokens) is marked dynamic, as
+        # are the text segment ids and the attention rows that follow it (`PackedAttention.for_compile`): one
+        # graph set per stage shapes, none per step and none per new set of prompt lengths. The compiled
+        # callables belong to this object, which lives for one DVG call, so nothing stays compiled outside it.
+        self.compiling = compile_kwargs is not None
+        self.dynamic_text = self.compiling and (not fused_rope or FUSED_ROPE_DYNAMIC)
         self.dual_block = self._dual_block
         self.single_block = self._single_block
-        if compile_kwargs is not None:
+        if self.compiling:
             self.dual_block = torch.compile(self._dual_block, dynamic=False, **compile_kwargs)
             self.single_block = torch.compile(self._single_block, dynamic=False, **compile_kwargs)
+        if self.dynamic_text:
+            self.dual_block = _text_length_dynamic(self.dual_block)
+            self.single_block = _text_length_dynamic(self.single_block)
 
     def _rope(self, hidden: torch.Tensor):
         key = (tuple(hidden.shape[2:]), hidden.device, hidden.dtype)
@@ -443,6 +500,12 @@ class PackedHunyuanVideoForward:
         image_tokens = [tr.x_embedder(h) for h in hidden_list]
         text = tr.context_embedder(kwargs["encoder_hidden_states"], timestep, kwargs["encoder_attention_mask"])
         return temb, token_replace_emb, image_tokens, [text[b:b + 1, :int(n)] for b, n in enumerate(text_lengths)]
+
+    @staticmethod
+    def _text_capacity(kwargs) -> int:
+        """The padded text length of the conditioning: a bound on any sample's valid text tokens that does not
+        depend on the prompts' valid lengths."""
+        return kwargs["encoder_hidden_states"].shape[1]
 
     def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         tr = self.transformer
@@ -485,6 +548,10 @@ class PackedHunyuanVideoForward:
                 cfg = tr.config
                 grids = [(h.shape[2] // p_t, h.shape[3] // p, h.shape[4] // p) for h in hidden_list]
                 layout.attach_fused_rope(grids, lengths_txt, True, cfg.rope_axes_dim, cfg.rope_theta)
+            if self.compiling:
+                # the bound depends on the stage shapes and the padded text length only; the layers' token count
+                # follows the text lengths, and the layout is built from these very streams
+                layout.for_compile(max(lengths_img) + self._text_capacity(kwargs), dynamic_seq_len=True)
             seg_img = _Segments.of_lengths(lengths_img, device)
             if first_frame is not None:
                 # the blocks' image modulation segments: [frame 0 of b, rest of b] per sample
@@ -497,7 +564,11 @@ class PackedHunyuanVideoForward:
             if not self.fused_rope:
                 ropes = [self._rope(h) for h in hidden_list]
                 rope = tuple(torch.cat([r[i] for r in ropes], dim=0) for i in (0, 1))
-            cached = (seg_img, seg_img_blocks, _Segments.of_lengths(lengths_txt, device), layout, rope)
+            seg_txt = _Segments.of_lengths(lengths_txt, device)
+            if self.dynamic_text:
+                from torch._dynamo import maybe_mark_dynamic
+                maybe_mark_dynamic(seg_txt.ids, 0)
+            cached = (seg_img, seg_img_blocks, seg_txt, layout, rope)
             self.layout_cache[key] = cached
         seg_img, seg_img_blocks, seg_txt, layout, rope = cached
 
@@ -577,7 +648,10 @@ class PackedHunyuanVideoForward:
         hidden = torch.cat([attn_out, mlp_hidden], dim=2)
         gate_rows = torch.cat([img_gate.index_select(0, seg_img.ids), gate.index_select(0, seg_txt.ids)], dim=0)
         hidden = gate_rows * block.proj_out(hidden) + residual
-        return hidden[:, :-text_len], hidden[:, -text_len:]
+        # sliced from the (T, D) row, not the (1, T, D) tensor: the image part's batch stride is then its own
+        # length times D, not the stream's (which follows the text lengths), so the next block's graph does not
+        # specialise on the text lengths through a stride (Dynamo guards the strides of size-1 dims too)
+        return hidden[0, :-text_len].unsqueeze(0), hidden[0, -text_len:].unsqueeze(0)
 
 
 class PackedHunyuanVideo15Forward(PackedHunyuanVideoForward):
@@ -609,6 +683,11 @@ class PackedHunyuanVideo15Forward(PackedHunyuanVideoForward):
                                    f"{text_lengths[b]}")
             texts.append(torch.cat([image[b:b + 1, :n_image], text_2[b:b + 1, :n_byt5], text[b:b + 1, :n_mllm]], dim=1))
         return temb, None, image_tokens, texts
+
+    @staticmethod
+    def _text_capacity(kwargs) -> int:
+        return sum(kwargs[name].shape[1] for name in ("encoder_hidden_states", "encoder_hidden_states_2",
+                                                      "image_embeds"))
 
     def _blocks(self, img, txt, temb, tr_emb, rope, seg_img, seg_txt):
         for block in self.transformer.transformer_blocks:
