@@ -12,57 +12,97 @@
 //
 // The row loops are written on raw floats / bf16 bit patterns so they vectorise, and compiled for
 // AVX-512, AVX2 and baseline x86-64 with a runtime choice (GCC target_clones): the extension is built
-// without -march flags, which alone would leave it at SSE2.
+// without -march flags, which alone would leave it at SSE2 (and a wheel built with -march=native would not
+// load on an older CPU). fp16 rows are converted with F16C instructions where the CPU has them (chosen at run
+// time), since GCC 12 leaves _Float16 conversions scalar. The allocating op's output comes from
+// dvg::empty_cpu_output. Both helpers are in csrc/cpu_common.cpp.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
-// x86-64-v3 = AVX2 + FMA + F16C, x86-64-v4 = AVX-512; F16C turns the fp16 conversions into vcvtph2ps.
-// fp-contract=off: no fused multiply-adds, so every clone rounds like the torch reference (separate mul, add).
+// x86-64-v3 = AVX2 + FMA + F16C, x86-64-v4 = AVX-512.
+// fp-contract=off: no fused multiply-adds, so every clone rounds alike (separate mul, add), as the reference does.
 #define DVG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=off")))
-#define DVG_NATIVE_HALF 1
 #define DVG_ALWAYS_INLINE __attribute__((always_inline)) inline
 #else
 #define DVG_ALWAYS_INLINE inline
 #define DVG_SIMD_CLONES
-#define DVG_NATIVE_HALF 0
 #endif
 
+namespace dvg {  // csrc/cpu_common.cpp
+// at::empty, or for a large output its own huge-page mapping (far fewer first-touch faults).
+at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+// fp16 <-> fp32 of n contiguous values: F16C where the CPU has it, else c10::Half (the same bits).
+using HalfRowFn = void (*)(const void* src, void* dst, int64_t n);
+HalfRowFn half_to_float_row();
+HalfRowFn float_to_half_row();
+}  // namespace dvg
+
 namespace {
+
+// Row sums are accumulated in this many independent lanes, lane k taking elements k, k + kLanes, …, then the
+// lanes are added pairwise. Independent chains keep the adds pipelined (GCC kept the old `omp simd reduction`
+// accumulator in memory, one store and reload per vector), and the fixed layout makes the result the same
+// whatever vector width a clone uses (4, 8 or 16 floats divide the 32 lanes).
+constexpr int64_t kLanes = 32;
+
+DVG_ALWAYS_INLINE float fold_lanes(float* acc) {
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
+    for (int64_t k = 0; k < width; ++k) acc[k] += acc[k + width];
+  return acc[0];
+}
 
 // Mean and 1/sqrt(biased variance + eps) of one fp32 row, by two passes (no E[x²] − E[x]² cancellation).
 // always_inline: GCC does not inline a default-target function into the target_clones below on its own (their
 // arch differs), and the out-of-line copy would run these two passes with baseline SSE2 vectors.
 DVG_ALWAYS_INLINE void row_stats(const float* row, int64_t dim, float eps, float& mean, float& rstd) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < dim; ++j) sum += row[j];
-  mean = sum / static_cast<float>(dim);
-  float sq = 0.f;
+  const int64_t body = dim - dim % kLanes;
+  float acc[kLanes] = {};
+  for (int64_t j = 0; j < body; j += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += row[j + k];
+  for (int64_t j = body; j < dim; ++j) acc[j - body] += row[j];
+  mean = fold_lanes(acc) / static_cast<float>(dim);
   const float m = mean;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < dim; ++j) {
+  float sq[kLanes] = {};
+  for (int64_t j = 0; j < body; j += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) {
+      const float c = row[j + k] - m;
+      sq[k] += c * c;
+    }
+  for (int64_t j = body; j < dim; ++j) {
     const float c = row[j] - m;
-    sq += c * c;
+    sq[j - body] += c * c;
   }
-  rstd = 1.f / std::sqrt(sq / static_cast<float>(dim) + eps);
+  rstd = 1.f / std::sqrt(fold_lanes(sq) / static_cast<float>(dim) + eps);
+}
+
+// y = (x − mean)·rstd·g + s, each product and sum rounded to fp32 in this order (Y may alias X).
+DVG_ALWAYS_INLINE void modulate(const float* x, float* y, const float* g, const float* s, int64_t dim, float mean,
+                                float rstd) {
+#pragma omp simd
+  for (int64_t j = 0; j < dim; ++j) y[j] = (x[j] - mean) * rstd * g[j] + s[j];
 }
 
 DVG_SIMD_CLONES
 void ln_row_f32(const float* x, float* y, const float* g, const float* s, int64_t dim, float eps) {
   float mean, rstd;
   row_stats(x, dim, eps, mean, rstd);
-#pragma omp simd
-  for (int64_t j = 0; j < dim; ++j) y[j] = (x[j] - mean) * rstd * g[j] + s[j];
+  modulate(x, y, g, s, dim, mean, rstd);
+}
+
+// fp32 in place: buf = LayerNorm(buf)·g + s (the fp16 path converts around it).
+DVG_SIMD_CLONES
+void ln_row_f32_inplace(float* buf, const float* g, const float* s, int64_t dim, float eps) {
+  float mean, rstd;
+  row_stats(buf, dim, eps, mean, rstd);
+  modulate(buf, buf, g, s, dim, mean, rstd);
 }
 
 DVG_SIMD_CLONES
@@ -70,39 +110,25 @@ void ln_row_bf16(const uint16_t* x, uint16_t* y, float* buf, const float* g, con
                  float eps) {
 #pragma omp simd
   for (int64_t j = 0; j < dim; ++j) {
-    const uint32_t bits = static_cast<uint32_t>(x[j]) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof(f));
-    buf[j] = f;
+    buf[j] = __builtin_bit_cast(float, static_cast<uint32_t>(x[j]) << 16);
   }
   float mean, rstd;
   row_stats(buf, dim, eps, mean, rstd);
 #pragma omp simd
   for (int64_t j = 0; j < dim; ++j) {
     const float v = (buf[j] - mean) * rstd * g[j] + s[j];
-    uint32_t bits;
-    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t bits = __builtin_bit_cast(uint32_t, v);
     // round to nearest even, as c10::BFloat16; NaN -> canonical quiet NaN
     const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
     y[j] = (v != v) ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
   }
 }
 
-#if DVG_NATIVE_HALF
-using half_storage = _Float16;  // IEEE binary16, the layout of at::Half; conversions round to nearest even
-#else
-using half_storage = at::Half;
-#endif
-
-DVG_SIMD_CLONES
-void ln_row_f16(const half_storage* x, half_storage* y, float* buf, const float* g, const float* s, int64_t dim,
-                float eps) {
-#pragma omp simd
-  for (int64_t j = 0; j < dim; ++j) buf[j] = static_cast<float>(x[j]);
-  float mean, rstd;
-  row_stats(buf, dim, eps, mean, rstd);
-#pragma omp simd
-  for (int64_t j = 0; j < dim; ++j) y[j] = static_cast<half_storage>((buf[j] - mean) * rstd * g[j] + s[j]);
+void ln_row_f16(const at::Half* x, at::Half* y, float* buf, const float* g, const float* s, int64_t dim, float eps,
+                dvg::HalfRowFn to_float, dvg::HalfRowFn to_half) {
+  to_float(x, buf, dim);
+  ln_row_f32_inplace(buf, g, s, dim, eps);
+  to_half(buf, y, dim);
 }
 
 template <typename scalar_t>
@@ -113,6 +139,7 @@ void modulated_layer_norm_rows(const at::Tensor& x, const int32_t* cu, int64_t b
   scalar_t* dst_base = out.data_ptr<scalar_t>();
   const float eps_f = static_cast<float>(eps);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1));
+  const dvg::HalfRowFn to_float = dvg::half_to_float_row(), to_half = dvg::float_to_half_row();
   at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(dim);
     int64_t b = static_cast<int64_t>(std::upper_bound(cu + 1, cu + batch + 1, static_cast<int32_t>(begin)) - (cu + 1));
@@ -128,8 +155,7 @@ void modulated_layer_norm_rows(const at::Tensor& x, const int32_t* cu, int64_t b
         ln_row_bf16(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), buffer.data(), g, s, dim,
                     eps_f);
       } else {
-        ln_row_f16(reinterpret_cast<const half_storage*>(src), reinterpret_cast<half_storage*>(dst), buffer.data(), g,
-                   s, dim, eps_f);
+        ln_row_f16(src, dst, buffer.data(), g, s, dim, eps_f, to_float, to_half);
       }
     }
   });
@@ -173,7 +199,7 @@ void modulated_layer_norm_out_cpu(const at::Tensor& x, const at::Tensor& cu_seql
 at::Tensor modulated_layer_norm_cpu(const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& scale,
                                     const at::Tensor& shift, double eps) {
   TORCH_CHECK(x.dim() == 2, "dvg::_cpp_modulated_layer_norm: x must be a 2-D tensor (total, D)");
-  at::Tensor out = at::empty({x.size(0), x.size(1)}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = dvg::empty_cpu_output({x.size(0), x.size(1)}, x.options());
   modulated_layer_norm_out_cpu(x, cu_seqlens, scale, shift, eps, out);
   return out;
 }

@@ -10,10 +10,11 @@
 //
 // Copy paths (pack, unpack): the op is a list of spans, each a run of consecutive output rows whose sources are
 // consecutive rows of one input (a sample's latent tokens, its valid text) or zeros (unpack's text padding).
-// Where source and destination rows are both dense (token stride = heads · head_dim) a span is one memcpy or
-// memset of its bytes; otherwise one memcpy per row (per head when heads are not adjacent). The output rows are
-// split evenly over the threads and each thread walks the spans it intersects, so both cores stream at the full
-// copy bandwidth however the samples are sized. Raw bytes move, so there is no dtype dispatch.
+// Where source and destination rows are both dense (token stride = heads · head_dim) a span is one memset or a
+// memcpy of its bytes (in 256 KiB pieces, see copy_in_pieces); otherwise one memcpy per row (per head when heads
+// are not adjacent). The output rows are split evenly over the threads and each thread walks the spans it
+// intersects, so both cores stream at the full copy bandwidth however the samples are sized. Raw bytes move, so
+// there is no dtype dispatch.
 //
 // The cu_* (and grid_sizes) values are checked here as well (O(batch), host memory), so a call with
 // validate=False in Python cannot make these kernels read or write out of bounds.
@@ -22,7 +23,6 @@
 // + W·d_w/2 values, a few KiB in cache, not a per-token table — then rotates every head of q and k.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -31,6 +31,15 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+namespace dvg {  // csrc/cpu_common.cpp
+// at::empty, or for a large output its own huge-page mapping (far fewer first-touch faults).
+at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+// fp16 <-> fp32 of n contiguous values: F16C where the CPU has it, else c10::Half (the same bits).
+using HalfRowFn = void (*)(const void* src, void* dst, int64_t n);
+HalfRowFn half_to_float_row();
+HalfRowFn float_to_half_row();
+}  // namespace dvg
 
 namespace {
 
@@ -79,6 +88,18 @@ inline bool dense(int64_t stride_tok, int64_t stride_head, int64_t heads, int64_
   return (heads == 1 || stride_head == row_bytes) && stride_tok == heads * row_bytes;
 }
 
+// glibc's memcpy switches to non-temporal stores above a size near the last-level cache size; pieces below it
+// use regular stores. Into a fresh output that matters: measured on a 50 MB copy into a fresh huge-page output,
+// 12.3 ms in one piece, 8.0 ms in pieces of 64 KiB to 2 MiB (likely because the kernel has just zeroed each new
+// page through the cache, and non-temporal stores first write those dirty lines back, where regular stores
+// overwrite them in cache); into an existing buffer the pieces cost nothing (5.1-5.5 ms either way).
+constexpr int64_t kCopyPieceBytes = 256 * 1024;
+
+inline void copy_in_pieces(char* dst, const char* src, int64_t bytes) {
+  for (int64_t done = 0; done < bytes; done += kCopyPieceBytes)
+    std::memcpy(dst + done, src + done, static_cast<size_t>(std::min(kCopyPieceBytes, bytes - done)));
+}
+
 void copy_span_rows(const Span& s, int64_t first, int64_t last, int64_t heads, int64_t row_bytes) {
   const int64_t rows = last - first, skip = first - s.begin, tok_bytes = heads * row_bytes;
   char* dst = s.dst + skip * s.dst_tok;
@@ -94,7 +115,7 @@ void copy_span_rows(const Span& s, int64_t first, int64_t last, int64_t heads, i
   }
   const char* src = s.src + skip * s.src_tok;
   if (dst_dense && dense(s.src_tok, s.src_head, heads, row_bytes)) {
-    std::memcpy(dst, src, static_cast<size_t>(rows * tok_bytes));
+    copy_in_pieces(dst, src, rows * tok_bytes);
     return;
   }
   for (int64_t r = 0; r < rows; ++r)
@@ -290,16 +311,14 @@ void unpack_tokens_out_cpu(const at::Tensor& packed, const at::Tensor& cu_latent
   run_spans(spans, rows, heads, row_bytes);
 }
 
-// One head's rotation, on raw storage so the loops vectorise; compiled for AVX-512, AVX2 (+F16C) and baseline
+// One head's rotation, on raw storage so the loops vectorise; compiled for AVX-512, AVX2 and baseline
 // x86-64 with a runtime choice (the extension is built without -march flags), without FMA contraction so
 // every clone rounds like the torch reference. diffusers' formula in fp32:
 // out[2i] = x[2i]·cos + (−x[2i+1])·sin, out[2i+1] = x[2i+1]·cos + x[2i]·sin.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
 #define DVG_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=off")))
-using half_storage = _Float16;  // IEEE binary16 = at::Half's layout; conversions round to nearest even
 #else
 #define DVG_SIMD_CLONES
-using half_storage = at::Half;
 #endif
 
 inline float bf16_to_float(uint16_t v) {
@@ -336,19 +355,17 @@ void rotate_bf16(uint16_t* y, const uint16_t* x, int64_t half, const float* cos,
   }
 }
 
-DVG_SIMD_CLONES
-void rotate_f16(half_storage* y, const half_storage* x, int64_t half, const float* cos, const float* sin) {
-#pragma omp simd
-  for (int64_t i = 0; i < half; ++i) {
-    const float x_real = static_cast<float>(x[2 * i]), x_imag = static_cast<float>(x[2 * i + 1]);
-    y[2 * i] = static_cast<half_storage>(x_real * cos[i] + (-x_imag) * sin[i]);
-    y[2 * i + 1] = static_cast<half_storage>(x_imag * cos[i] + x_real * sin[i]);
-  }
-}
+// Scratch of one thread for the fp16 path: GCC 12 leaves _Float16 conversions scalar, so a head is converted to
+// fp32 (F16C where the CPU has it), rotated by rotate_f32 and converted back, the same bits as converting each
+// element on its own (round to nearest even).
+struct HalfScratch {
+  std::vector<float> x, y;
+  dvg::HalfRowFn to_float, to_half;
+};
 
 template <typename scalar_t>
 void rotate_heads(scalar_t* dst, int64_t dst_head_stride, const scalar_t* src, int64_t src_head_stride,
-                  int64_t heads, int64_t head_dim, const float* cos, const float* sin) {
+                  int64_t heads, int64_t head_dim, const float* cos, const float* sin, HalfScratch& scratch) {
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < heads; ++h) {
     const scalar_t* x = src + h * src_head_stride;
@@ -358,7 +375,9 @@ void rotate_heads(scalar_t* dst, int64_t dst_head_stride, const scalar_t* src, i
     } else if constexpr (std::is_same<scalar_t, at::BFloat16>::value) {
       rotate_bf16(reinterpret_cast<uint16_t*>(y), reinterpret_cast<const uint16_t*>(x), half, cos, sin);
     } else {
-      rotate_f16(reinterpret_cast<half_storage*>(y), reinterpret_cast<const half_storage*>(x), half, cos, sin);
+      scratch.to_float(x, scratch.x.data(), head_dim);
+      rotate_f32(scratch.y.data(), scratch.x.data(), half, cos, sin);
+      scratch.to_half(scratch.y.data(), y, head_dim);
     }
   }
 }
@@ -429,6 +448,8 @@ void pack_qk_rope_out_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent
     using scalar_t = decltype(type_tag);
     at::parallel_for(0, total, 64, [&](int64_t begin, int64_t end) {
       std::vector<float> cos(half), sin(half);
+      HalfScratch scratch{std::vector<float>(head_dim), std::vector<float>(head_dim), dvg::half_to_float_row(),
+                          dvg::float_to_half_row()};
       int64_t b = static_cast<int64_t>(std::upper_bound(cu_seq + 1, cu_seq + batch + 1, static_cast<int32_t>(begin)) -
                                        (cu_seq + 1));
       for (int64_t p = begin; p < end; ++p) {
@@ -453,7 +474,7 @@ void pack_qk_rope_out_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent
           rotate_heads<scalar_t>(reinterpret_cast<scalar_t*>(outs[t].data + p * outs[t].stride_tok),
                                  outs[t].stride_head / es,
                                  reinterpret_cast<const scalar_t*>(lat.data + (cu_lat[b] + local) * lat.stride_tok),
-                                 lat.stride_head / es, heads, head_dim, cos.data(), sin.data());
+                                 lat.stride_head / es, heads, head_dim, cos.data(), sin.data(), scratch);
         }
       }
     });
@@ -465,7 +486,8 @@ void pack_qk_rope_out_cpu(const at::Tensor& q_latent, const at::Tensor& k_latent
   }
 }
 
-// Allocating entry points: a contiguous output, then the out kernels above (one kernel per op).
+// Allocating entry points: a contiguous output (dvg::empty_cpu_output), then the out kernels above (one kernel
+// per op).
 std::vector<int64_t> token_shape(int64_t rows, const at::Tensor& like) {
   std::vector<int64_t> shape{rows};
   for (int64_t d = 1; d < like.dim(); ++d) shape.push_back(like.size(d));
@@ -474,7 +496,7 @@ std::vector<int64_t> token_shape(int64_t rows, const at::Tensor& like) {
 
 at::Tensor pack_tokens_cpu(const at::Tensor& latent, const at::Tensor& text, const at::Tensor& cu_latent,
                            const at::Tensor& cu_seqlens, int64_t total, const c10::optional<at::Tensor>& cu_text) {
-  at::Tensor out = at::empty(token_shape(total, latent), latent.options());
+  at::Tensor out = dvg::empty_cpu_output(token_shape(total, latent), latent.options());
   pack_tokens_out_cpu(latent, text, cu_latent, cu_seqlens, total, cu_text, out);
   return out;
 }
@@ -484,8 +506,8 @@ std::tuple<at::Tensor, at::Tensor> unpack_tokens_cpu(const at::Tensor& packed, c
                                                      int64_t text_len, const c10::optional<at::Tensor>& cu_text) {
   std::vector<int64_t> text_shape = token_shape(text_len, packed);
   if (!cu_text.has_value()) text_shape.insert(text_shape.begin(), cu_seqlens.size(0) - 1);
-  at::Tensor latent = at::empty(token_shape(total_latent, packed), packed.options());
-  at::Tensor text = at::empty(text_shape, packed.options());
+  at::Tensor latent = dvg::empty_cpu_output(token_shape(total_latent, packed), packed.options());
+  at::Tensor text = dvg::empty_cpu_output(text_shape, packed.options());
   unpack_tokens_out_cpu(packed, cu_latent, cu_seqlens, total_latent, text_len, cu_text, latent, text);
   return {latent, text};
 }
@@ -496,8 +518,8 @@ std::tuple<at::Tensor, at::Tensor> pack_qk_rope_cpu(const at::Tensor& q_latent, 
                                                     const at::Tensor& grid_sizes, const at::Tensor& inv_freq,
                                                     at::IntArrayRef rope_axes_dim, int64_t total,
                                                     const c10::optional<at::Tensor>& cu_text) {
-  at::Tensor q_out = at::empty(token_shape(total, q_latent), q_latent.options());
-  at::Tensor k_out = at::empty(token_shape(total, q_latent), q_latent.options());
+  at::Tensor q_out = dvg::empty_cpu_output(token_shape(total, q_latent), q_latent.options());
+  at::Tensor k_out = dvg::empty_cpu_output(token_shape(total, q_latent), q_latent.options());
   pack_qk_rope_out_cpu(q_latent, k_latent, q_text, k_text, cu_latent, cu_seqlens, grid_sizes, inv_freq, rope_axes_dim,
                        total, cu_text, q_out, k_out);
   return {q_out, k_out};

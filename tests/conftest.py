@@ -37,15 +37,48 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["cpu", "cuda"], ids=["cpu", "cuda" if torch.cuda.is_available() else "cuda_sim"])
+def device(request):
+    """The device of a test written for CUDA, run twice: "cpu", and "cuda" — the GPU, or without one the simulated
+    CUDA device of tests/_cuda_sim.py (see tests/_backends.py)."""
+    from _backends import device_for
+    with device_for(request.param) as dev:
+        yield dev
+
+
+@pytest.fixture(params=["cuda"], ids=["cuda" if torch.cuda.is_available() else "cuda_sim"])
+def cuda_device(request):
+    """As `device`, "cuda" only (a GPU, or the simulated device)."""
+    from _backends import device_for
+    with device_for(request.param) as dev:
+        yield dev
+
+
 @pytest.fixture(scope="session")
 def parity_path() -> pathlib.Path:
     return parity_dir()
 
 
+def pytest_configure(config):
+    # DVG_TEST_DEVICE=sim: the whole session on the simulated CUDA device (see tests/_backends.py)
+    if os.environ.get("DVG_TEST_DEVICE") == "sim" and not torch.cuda.is_available():
+        import sys
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        from _cuda_sim import SimulatedCuda
+        config._dvg_simulated_cuda = SimulatedCuda().__enter__()
+
+
+def pytest_unconfigure(config):
+    sim = getattr(config, "_dvg_simulated_cuda", None)
+    if sim is not None:
+        sim.__exit__(None, None, None)
+
+
 def pytest_report_header(config):
     from dvg_engine.ops import _registry
     lines = [f"dvg: torch {torch.__version__}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}, "
-             f"cuda={'yes' if torch.cuda.is_available() else 'no'}",
+             f"cuda={'yes' if torch.cuda.is_available() else 'no'}"
+             f"{' (DVG_TEST_DEVICE=sim: simulated CUDA device)' if os.environ.get('DVG_TEST_DEVICE') == 'sim' else ''}",
              f"dvg: C++ extension dvg_engine._C: {'built' if _registry.cpp_available() else 'MISSING (cpp tests skip)'}",
              f"dvg: triton: {'importable' if _registry.triton_importable() else 'MISSING (triton tests skip)'}"]
     return lines

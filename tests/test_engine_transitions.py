@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import _tiny_pipes as tp
+from _backends import CUDA_ID, device_for
 from _tolerances import assert_verbose_allclose
 
 from dvg_engine import sampling
@@ -21,16 +22,17 @@ GEOM = dict(height=tp.HEIGHT, width=tp.WIDTH, num_frames=tp.FRAMES, num_inferenc
 DEMANDS = [{"spatial_demand": 1.0, "temporal_demand": 0.0}, {"spatial_demand": 0.0, "temporal_demand": 1.0}]
 
 
-@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.fixture(scope="module", params=["cpu", "cuda"], ids=["cpu", CUDA_ID])
 def hv_bf16(request):
-    """The tiny HV pipeline with a bf16 transformer (the VAE is not used: latents out), on CPU and on CUDA."""
-    pipe = tp.hv_pipe().to(request.param)
-    pipe.transformer.to(torch.bfloat16)
-    pipe.set_progress_bar_config(disable=True)
-    yield pipe
-    if "dvg" in pipe.__dict__:
-        pipe.dvg.restore()
+    """The tiny HV pipeline with a bf16 transformer (the VAE is not used: latents out), on CPU and on CUDA (the
+    simulated device of `_cuda_sim` without a GPU)."""
+    with device_for(request.param) as device:
+        pipe = tp.hv_pipe().to(device)
+        pipe.transformer.to(torch.bfloat16)
+        pipe.set_progress_bar_config(disable=True)
+        yield pipe
+        if "dvg" in pipe.__dict__:
+            pipe.dvg.restore()
 
 
 def _stand_in(hidden: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,10 @@ With DVG_TEST_GPU=1 on a CUDA machine the Triton kernel runs on CUDA in fp32, fp
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -147,3 +151,56 @@ def test_compile_fullgraph():
 
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x, cu, scale, shift), block(x, cu, scale, shift))
+
+
+def _fp16_conversion_cases():
+    """fp16 rows of awkward widths (tails of the 8-wide conversion and the 32-lane sums), with subnormal, huge and
+    infinite inputs and, through scale = −1, outputs equal to the shift: fp16 subnormals, ±0, the largest normal."""
+    gen = torch.Generator().manual_seed(5)
+    cases = []
+    for dim in (1, 7, 8, 9, 31, 33, 200, 3077):
+        lengths = [3, 0, 4]
+        cu = packed_layout(lengths, [0] * len(lengths))[1]
+        x = (torch.randn(sum(lengths), dim, generator=gen) * 3).half()
+        x[0, : min(dim, 4)] = torch.tensor([6e-8, -3e-5, 65504.0, -0.0])[: min(dim, 4)].half()
+        x[4, 0] = float("inf")
+        scale = (torch.randn(3, dim, generator=gen) * 0.5).half()
+        shift = (torch.randn(3, dim, generator=gen) * 0.5).half()
+        scale[2] = -1.0
+        shift[2] = torch.tensor([6e-8, -1e-7, 5e-6, 6.1e-5, 0.0, -0.0, 65504.0, 1.0])[torch.arange(dim) % 8].half()
+        cases.append((x, cu, scale, shift))
+    return cases
+
+
+def test_cpp_fp16_portable_conversions_equal_f16c(tmp_path):
+    """DVG_CPP_SIMD=0 makes the C++ LayerNorm convert fp16 with c10::Half (what a CPU without F16C runs); on this
+    machine the default uses F16C instructions. Both must give the same bits, subnormals, infinities and NaN rows
+    included."""
+    _skip_unless_runs("cpp")
+    if DEVICE.type != "cpu":
+        pytest.skip("a CPU kernel test")
+    cases = _fp16_conversion_cases()
+    with _registry.use_backend("cpp"):
+        got = [LN.modulated_layer_norm(*case) for case in cases]
+    assert any(bool(torch.isnan(y).any()) for y in got) and any(
+        bool(((y != 0) & (y.abs() < 6.1e-5)).any()) for y in got), "the cases must reach NaN and subnormal outputs"
+    for y, (x, cu, scale, shift) in zip(got, cases):  # and agree with the reference to fp16 rounding
+        ref = LN.modulated_layer_norm_reference(x, cu, scale, shift, upcast=True)
+        assert torch.equal(torch.isnan(y), torch.isnan(ref))
+        finite = ~torch.isnan(ref)
+        assert_pointwise_close(y[finite], ref[finite], name="cpp fp16")
+    torch.save({"cases": cases, "got": got}, tmp_path / "f16.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from dvg_engine.ops import _registry, layer_norm as LN
+        saved = torch.load({str(tmp_path / 'f16.pt')!r})
+        with _registry.use_backend("cpp"):
+            for case, want in zip(saved["cases"], saved["got"]):
+                y = LN.modulated_layer_norm(*case)
+                assert torch.equal(y.view(torch.int16), want.view(torch.int16)), case[0].shape
+        print("OK")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["DVG_CPP_SIMD"] = "0"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr

@@ -551,3 +551,43 @@ def test_imports_and_runs_without_triton(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_cpp_fp16_rope_portable_conversions_equal_f16c(tmp_path):
+    """The C++ RoPE pack converts fp16 heads with F16C where the CPU has it; DVG_CPP_SIMD=0 forces c10::Half (what a
+    CPU without F16C runs). Same bits either way, subnormal and largest-normal values included."""
+    import subprocess
+    import sys
+    import textwrap
+    _skip_unless_runs("cpp")
+    if DEVICE.type != "cpu":
+        pytest.skip("a CPU kernel test")
+    cases = []
+    for head_dim in (64, 128):
+        d = make_inputs("awkward", 2, head_dim, torch.float16, canary=False)
+        latent = d["latent"].clone()
+        latent[0, 0, :6] = torch.tensor([6e-8, -3e-5, 65504.0, -65504.0, 0.0, -0.0]).half()
+        cases.append((latent, latent.flip(0).contiguous(), d["text"], d["text"], d["cu_latent"], d["cu_seqlens"],
+                      d["grid_sizes"], d["total"], rope_axes_for(head_dim)))
+    with _registry.use_backend("cpp"):
+        got = [P.pack_qk_rope(*case) for case in cases]
+    for (q, k), case in zip(got, cases):
+        with _registry.use_backend("torch"):
+            q_ref, _ = P.pack_qk_rope(*case)
+        assert_pointwise_close(q, q_ref, name="cpp fp16 q")
+    torch.save({"cases": cases, "got": got}, tmp_path / "rope16.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from dvg_engine.ops import _registry, pack as P
+        saved = torch.load({str(tmp_path / 'rope16.pt')!r})
+        with _registry.use_backend("cpp"):
+            for case, (q_want, k_want) in zip(saved["cases"], saved["got"]):
+                q, k = P.pack_qk_rope(*case)
+                assert torch.equal(q.view(torch.int16), q_want.view(torch.int16)), case[0].shape
+                assert torch.equal(k.view(torch.int16), k_want.view(torch.int16)), case[0].shape
+        print("OK")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["DVG_CPP_SIMD"] = "0"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr

@@ -4,13 +4,16 @@ LayerNorm — for two samples on different stage grids (one without text):
 * on every machine, each backend that can run here against the torch reference;
 * on a GPU, captured once in a CUDA graph and replayed after the inputs changed in place (what a serving stack
   does per step): the replay must equal an eager run, which also shows that no op syncs with the host or
-  allocates outside the graph's pool once `validate=False` (the engine builds cu_seqlens on the host).
+  allocates outside the graph's pool once `validate=False` (the engine builds cu_seqlens on the host);
+* without a GPU, on the simulated device of `_cuda_sim`: the step keeps every tensor on the device and makes no
+  call that would synchronise with the host (what capture needs), with the kernels "auto" picks on the CPU.
 """
 import os
 
 import pytest
 import torch
 
+from _backends import synchronising_calls
 from dvg_engine import ops
 from dvg_engine.ops import _registry
 
@@ -63,6 +66,16 @@ def test_packed_step_matches_reference_on_cpu(backend):
     torch.testing.assert_close(text, ref_text, atol=2e-5, rtol=2e-5)
     assert torch.count_nonzero(text[1]) == 0          # the text-less sample's padded text stays zero
     assert torch.count_nonzero(text[0, TEXT_LENS[0]:]) == 0
+
+
+def test_packed_step_stays_on_the_device_without_host_syncs(cuda_device):
+    """The precondition of capturing the step in a CUDA graph, checked on every machine: on the device, with
+    `validate=False`, nothing is read back or copied from the host (a GPU run also captures it, below)."""
+    d = _inputs(cuda_device, torch.float32)
+    y, text = _step(d)  # warm-up: on a GPU the first call compiles and autotunes the kernels, which syncs
+    assert synchronising_calls(lambda: _step(d)) == 0
+    assert y.device == text.device == torch.device(cuda_device)
+    assert y.shape == (sum(t * h * w for t, h, w in GRIDS), HEADS * HEAD_DIM) and bool(torch.isfinite(y).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

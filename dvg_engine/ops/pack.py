@@ -54,10 +54,17 @@ Out variants
 (`torch.library.custom_op(..., mutates_args=(...))`, so `torch.compile` and opcheck know what they mutate); the
 public functions take them as `out=` (`latent_out=`/`text_out=`, `q_out=`/`k_out=`). This is how inference
 frameworks embed ops into buffers they own (CUDA graphs, memory arenas, a slice of a larger tensor), and on CPU
-it is also the fast path: a fresh output pays a page fault per 4 KiB page on first touch, which costs several
-times the copy itself (benchmarks/RESULTS.md). An output may have any strides with a contiguous last dimension
-and no two elements in the same memory, and must not overlap any input. Each backend has one kernel: the
-allocating op allocates a contiguous output and runs it (the torch reference returns its own result).
+it is also the fastest path: a fresh output is faulted in on first touch. An output may have any strides with a
+contiguous last dimension and no two elements in the same memory, and must not overlap any input. Each backend
+has one kernel: the allocating op allocates a contiguous output and runs it (the torch reference returns its own
+result).
+
+Fresh CPU outputs (C++ backend): an output of 32 MiB or more gets its own 2 MiB-aligned memory mapping advised
+as transparent huge pages (`madvise(MADV_HUGEPAGE)`, Linux, THP policy `always` or `madvise`), so it is faulted
+in per 2 MiB instead of per 4 KiB — 50 MB of 4 KiB faults cost several times the copy itself, and glibc maps
+every request of that size afresh (benchmarks/RESULTS.md). The mapping belongs to the returned tensor and is
+unmapped with it; its storage is therefore not resizable. `DVG_CPP_HUGEPAGES=0` turns this off (plain
+`torch.empty` outputs). Smaller outputs are plain `torch.empty` allocations.
 
 Backends: torch reference (always; sync-free gathers, also the test oracle), Triton (`kernels/pack.py`,
 CUDA, or CPU under TRITON_INTERPRET=1), C++ (`csrc/pack.cpp`, CPU, OpenMP).
