@@ -46,14 +46,17 @@ GPU_TESTS = ["tests/test_varlen_attention.py", "tests/test_pack.py", "tests/test
              "tests/test_engine_cuda.py", "tests/test_packed_step.py", "tests/test_engine_transitions.py",
              "tests/test_i2v_cuda.py",
              "tests/test_engine_compat.py::test_compile_blocks_once_per_stage_shape_cuda",
-             "tests/test_engine_compat.py::test_model_cpu_offload_cuda"]
+             "tests/test_engine_compat.py::test_model_cpu_offload_cuda",
+             "tests/test_engine_compile_packed.py::test_packed_forward_compiled_inductor_cuda",
+             "tests/test_engine_compile_lengths.py::test_new_prompt_lengths_compile_nothing_inductor_cuda"]
 BENCHES = ["bench_attention", "bench_pack_ln", "bench_resample", "bench_e2e"]
 # --plan splits the GPU tests over two device calls: the kernels, then the sampling / demand / engine tests.
 TEST_GROUPS = {
     "kernels": ["test_varlen_attention.py", "test_pack.py", "test_pack_out.py", "test_modulated_layer_norm.py",
                 "test_resample_renoise.py", "test_packed_step.py"],
     "engine": ["test_sampling.py", "test_parity_sampling.py", "test_demands.py", "test_parity_demands.py",
-               "test_engine_cuda.py", "test_engine_transitions.py", "test_i2v_cuda.py", "test_engine_compat.py"],
+               "test_engine_cuda.py", "test_engine_transitions.py", "test_i2v_cuda.py", "test_engine_compat.py",
+               "test_engine_compile_packed.py", "test_engine_compile_lengths.py"],
 }
 # Rough wall seconds on an H100 (interpreter start-up, Triton compile and autotune included), for the estimate
 # printed before running and for --plan. Last session: all kernel tests + 3 kernel benches fitted one 600 s

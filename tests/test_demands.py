@@ -154,34 +154,21 @@ def test_plan_from_x0_checks_the_stage0_shape():
     assert plan.planned
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@needs_cuda
-def test_cuda_demands_match_cpu_with_one_host_read():
-    """On a GPU the demands stay on the device until one read (which also carries the finiteness check)."""
-    import warnings
+def test_cuda_demands_match_cpu_with_one_host_read(cuda_device):
+    """On a GPU (or the simulated device of tests/_cuda_sim.py) the demands stay on the device until one read (which
+    also carries the finiteness check)."""
+    from _backends import synchronising_calls
     g = torch.Generator().manual_seed(5)
     x = _moving_blob(1.0, 0.5, channels=16) + 0.1 * torch.randn(1, 16, 6, 24, 24, generator=g)
     x = torch.cat([x, torch.randn(1, 16, 6, 24, 24, generator=g)])
     cpu = D.compute_demands(x)
-    gpu = D.compute_demands(x.cuda())
+    gpu = D.compute_demands(x.to(cuda_device))
     for a, b in zip(cpu, gpu):
         assert b.S == pytest.approx(a.S, abs=1e-5) and b.f == pytest.approx(a.f, abs=1e-4)
-    xc = x.cuda().to(torch.bfloat16)
+    xc = x.to(cuda_device).to(torch.bfloat16)
     D.compute_demands(xc)                                # warm-up: per-device mask and Sobel caches
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            D.compute_demands(xc)
-            D.compute_demands(xc, plan_scope="batch")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) == 2, [str(w.message) for w in syncs]
-    bad = x.cuda().clone()
+    assert synchronising_calls(lambda: (D.compute_demands(xc), D.compute_demands(xc, plan_scope="batch"))) == 2
+    bad = x.to(cuda_device).clone()
     bad[1, 3, 2, 5, 7] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         D.compute_demands(bad)

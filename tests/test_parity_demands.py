@@ -117,15 +117,14 @@ def test_demands_parity_sample_scope_equals_batch_for_single_samples(demand_case
     assert checked == sum(c["shape"][0] == 1 for c in cases)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_demands_parity_every_case_cuda(demand_cases):
+def test_demands_parity_every_case_cuda(demand_cases, cuda_device):
     """The same vectors through the CUDA path (cuFFT, cuDNN conv). The reference ran on CPU, so the
     tolerance is parity/README.md's ×10 for float-order differences; the high-band mask is always built
     on the CPU in f32, so no device-dependent bins."""
     cases, inputs = demand_cases
     checked = 0
     for case in cases:
-        x0 = torch.from_numpy(inputs[case["key"]]).cuda()
+        x0 = torch.from_numpy(inputs[case["key"]]).to(cuda_device)
         d = D.compute_demands(x0, plan_scope="batch")[0]
         if not _skip_s_allowed(case):
             assert abs(d.S - case["S"]) <= 10 * S_ATOL, (case["key"], d.S, case["S"])

@@ -217,8 +217,7 @@ def test_flow_sigmas_parity_with_every_schedule(parity_path, model):
     assert total == sum(len(c["schedules"]) for c in _load(parity_path, "schedule.json"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_transition_parity_cuda(parity_path):
+def test_transition_parity_cuda(parity_path, cuda_device):
     """The same references on CUDA tensors (noise hash, resize, smoothing, re-noise on the GPU)."""
     cases = _load(parity_path, "transition.json")
     arrays = np.load(parity_path / "transition.npz")
@@ -227,8 +226,8 @@ def test_transition_parity_cuda(parity_path):
         key, step, src = case["key"], case["step"], case["from_stage"]
         schedule = _schedule_at(case, step)
         axes = case["stage_axes"]
-        latents = torch.from_numpy(arrays[f"{key}_latents"]).cuda()
-        velocity = torch.from_numpy(arrays[f"{key}_velocity"]).cuda()
+        latents = torch.from_numpy(arrays[f"{key}_latents"]).to(cuda_device)
+        velocity = torch.from_numpy(arrays[f"{key}_velocity"]).to(cuda_device)
         out = transition(latents, velocity, schedule=schedule, step=step, plan_axes=(axes[src], axes[src + 1]),
                          target_shape=case["stage_shapes"][src + 1], channels=case["latent_channels"],
                          seeds=case["noise_seed"])

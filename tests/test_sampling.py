@@ -560,21 +560,17 @@ def test_transition_error_leaves_schedule_untouched():
 
 # ------------------------------------------------------------------------------------ CUDA (skipped without a GPU)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-@cuda
-def test_cuda_noise_resize_transition_match_cpu():
+def test_cuda_noise_resize_transition_match_cpu(cuda_device):
     axes = ([0, 7, 30], list(range(0, 90, 7)), list(range(0, 160, 3)))
     cpu, cpu_streams = coordinate_noise(*axes, 16, REFERENCE_NOISE_SEED, return_streams=True)
-    gpu, gpu_streams = coordinate_noise(*axes, 16, REFERENCE_NOISE_SEED, device="cuda", return_streams=True)
+    gpu, gpu_streams = coordinate_noise(*axes, 16, REFERENCE_NOISE_SEED, device=cuda_device, return_streams=True)
     for name in ("base", "h1", "h2"):
         assert torch.equal(gpu_streams[name].cpu(), cpu_streams[name]), name
     assert_verbose_allclose(gpu_streams["noise_f64"].cpu(), cpu_streams["noise_f64"], atol=1e-12, name="f64")
     assert_verbose_allclose(gpu.cpu(), cpu, atol=1e-6, name="f32 noise")
     latents, velocity, axes3 = small_transition_setup(batch=2)
     out_cpu, _ = run_first_transition(latents, velocity, axes3, [1, 2])
-    out_gpu, _ = run_first_transition(latents.cuda(), velocity.cuda(), axes3, [1, 2])
+    out_gpu, _ = run_first_transition(latents.to(cuda_device), velocity.to(cuda_device), axes3, [1, 2])
     assert out_gpu.device.type == "cuda"
     assert_verbose_allclose(out_gpu.cpu(), out_cpu, atol=2e-5, name="transition cuda vs cpu")
 
