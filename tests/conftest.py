@@ -74,6 +74,43 @@ def pytest_unconfigure(config):
         sim.__exit__(None, None, None)
 
 
+_INTERPRETER_PROBLEM = []
+
+
+def interpreter_problem():
+    """None, or why this triton's interpreter cannot run the kernels here. Seen: triton 3.6's interpreter turns a
+    loop bound loaded from memory into an int with `int(one_element_array)`, which numpy >= 2.4 refuses, so
+    every Triton-on-CPU test fails with "only 0-dimensional arrays can be converted to Python scalars"
+    (triton 3.9's squeezes first). Probed once, on a loop with a loaded bound, as the kernels have."""
+    if _INTERPRETER_PROBLEM:
+        return _INTERPRETER_PROBLEM[0]
+    problem = None
+    from dvg_engine.ops import _registry
+    if os.environ.get("TRITON_INTERPRET") == "1" and _registry.triton_importable():
+        import numpy
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def _loaded_bound_loop(N, Out):
+            total = 0
+            for i in range(0, tl.load(N)):
+                total += i
+            tl.store(Out, total)
+
+        out = torch.zeros(1, dtype=torch.int32)
+        try:
+            _loaded_bound_loop[(1,)](torch.tensor([4], dtype=torch.int32), out)
+            if int(out) != 6:
+                problem = f"a probe kernel computed {int(out)} instead of 6"
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            problem = (f"triton {triton.__version__}'s interpreter fails under numpy {numpy.__version__} "
+                       f"({type(exc).__name__}: {str(exc)[:120]}); the Triton-on-CPU tests will fail: use "
+                       f"numpy<2.4 or a newer triton (3.9 works)")
+    _INTERPRETER_PROBLEM.append(problem)
+    return problem
+
+
 def pytest_report_header(config):
     from dvg_engine.ops import _registry
     lines = [f"dvg: torch {torch.__version__}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}, "
@@ -81,6 +118,8 @@ def pytest_report_header(config):
              f"{' (DVG_TEST_DEVICE=sim: simulated CUDA device)' if os.environ.get('DVG_TEST_DEVICE') == 'sim' else ''}",
              f"dvg: C++ extension dvg_engine._C: {'built' if _registry.cpp_available() else 'MISSING (cpp tests skip)'}",
              f"dvg: triton: {'importable' if _registry.triton_importable() else 'MISSING (triton tests skip)'}"]
+    if interpreter_problem():
+        lines.append(f"dvg: WARNING: {interpreter_problem()}")
     return lines
 
 
@@ -91,6 +130,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                     "skipped", red=True)
     if not _registry.triton_importable():
         terminalreporter.write_line("WARNING: triton is not importable: the Triton kernel tests were skipped", red=True)
+    if interpreter_problem():
+        terminalreporter.write_line(f"WARNING: {interpreter_problem()}", red=True)
 
 
 @pytest.fixture(scope="module")
