@@ -5,12 +5,13 @@ the same bytes on the same device, the ceiling (`copy_` into an existing buffer)
 its forms:
 
 * allocating (`pack_tokens(...)` returns a new tensor). On CPU a fresh buffer is faulted in page by page on
-  first touch (torch's CPU allocator does not cache, and glibc maps every request of 32 MiB or more afresh):
-  12.5k faults of 4 KiB for 50 MB, which cost several times the copy itself — `clone` (a copy into a fresh
-  buffer, also reported) runs at ~20 % of copy_. The C++ ops give an output of 32 MiB or more its own mapping
-  advised as transparent huge pages (csrc/cpu_common.cpp; one fault per 2 MiB, the kernel still zeroes it),
-  so their allocating forms run at ~60–75 % of copy_ where the torch reference and clone pay the 4 KiB faults;
-  DVG_CPP_HUGEPAGES=0 turns that off;
+  first touch (torch's CPU allocator does not cache, and glibc maps a request of 32 MiB or more afresh unless a
+  free heap chunk fits): 12.5k faults of 4 KiB for 50 MB, which cost several times the copy itself — `clone` (a
+  copy into a fresh buffer, also reported) typically runs at ~20-25 % of copy_. For an output of 32 MiB or more
+  the C++ ops keep at::empty's memory when it is already faulted in and otherwise give the output its own mapping
+  advised as transparent huge pages (csrc/cpu_common.cpp; one fault per 2 MiB, the kernel still zeroes it), so
+  their allocating forms run at ~35-100 % of copy_; the variant says so ("own huge pages unless recycled").
+  DVG_CPP_HUGEPAGES=0 turns that off, =1 always takes the mapping;
 * out variant (`pack_tokens(..., out=buf)`, `dvg::pack_tokens_out`): no allocation, the kernel against the
   memory bandwidth.
 
@@ -105,24 +106,29 @@ def _median(values) -> float:
 HUGE_OUTPUT_MIN_BYTES = 32 << 20
 
 
-def cpp_huge_outputs() -> bool:
-    """Whether the C++ ops give large fresh outputs their own huge-page mapping in this process: Linux, THP
-    `always` or `madvise`, and DVG_CPP_HUGEPAGES not 0 (the conditions csrc/cpu_common.cpp checks)."""
-    if not sys.platform.startswith("linux") or os.environ.get("DVG_CPP_HUGEPAGES") == "0":
-        return False
+def cpp_huge_outputs() -> str:
+    """How the C++ ops give large fresh outputs memory in this process (csrc/cpu_common.cpp): "off" (not Linux, THP
+    `never`, or DVG_CPP_HUGEPAGES=0), "always" (DVG_CPP_HUGEPAGES=1: an own huge-page mapping), "auto" (the mapping
+    unless at::empty's memory is already faulted in)."""
+    setting = os.environ.get("DVG_CPP_HUGEPAGES")
+    if not sys.platform.startswith("linux") or setting == "0":
+        return "off"
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
             policy = fh.read()
     except OSError:
-        return False
-    return "[always]" in policy or "[madvise]" in policy
+        return "off"
+    if "[always]" not in policy and "[madvise]" not in policy:
+        return "off"
+    return "always" if setting == "1" else "auto"
 
 
 def _fresh_variant(allocating: str, device, output_bytes: int) -> str:
-    """The variant label of a C++ allocating row: says when its output was a huge-page mapping of its own."""
-    if device.type == "cpu" and output_bytes >= HUGE_OUTPUT_MIN_BYTES and cpp_huge_outputs():
-        return allocating + " (huge-page output)"
-    return allocating
+    """The variant label of a C++ allocating row: says when its output may get a huge-page mapping of its own."""
+    if device.type != "cpu" or output_bytes < HUGE_OUTPUT_MIN_BYTES:
+        return allocating
+    mode = cpp_huge_outputs()
+    return allocating + {"off": "", "always": " (own huge pages)", "auto": " (own huge pages unless recycled)"}[mode]
 
 
 def _gbs(nbytes: int, ms: float) -> float:
@@ -184,8 +190,8 @@ def run(device: str = "cpu", quick: bool = False) -> list:
 
     `variant` is "allocating" (the op returns a new tensor) or "out=" (the out variant writes into a preallocated
     tensor); "% of copy_" is against `copy_` into an existing buffer, "% of clone" (allocating rows) against a copy
-    into a fresh buffer; a C++ allocating row whose output had its own huge-page mapping says so in its variant
-    ("allocating (huge-page output)"). ms are medians of interleaved rounds (7 in quick mode, 11 otherwise; the fused-RoPE
+    into a fresh buffer; a C++ allocating row whose output may get its own huge-page mapping says so in its
+    variant ("allocating (own huge pages unless recycled)", or "(own huge pages)" with DVG_CPP_HUGEPAGES=1). ms are medians of interleaved rounds (7 in quick mode, 11 otherwise; the fused-RoPE
     reference, which has no target and takes ~1 s, joins 3 of them). Targets (issue 3), both forms: CPU
     pack/unpack >= 70% of copy_ bandwidth and >= 1x the torch reference, modulated_layer_norm >= 3x the torch
     reference; GPU pack/unpack/modulated_layer_norm >= 80% of copy bandwidth. modulated_layer_norm is measured in

@@ -5,26 +5,32 @@
 //
 // Fresh outputs.
 //
-// Why not plain at::empty for large outputs: torch's CPU allocator does not cache, and glibc serves every request
-// of 32 MiB or more (its largest mmap threshold on 64-bit) with a fresh mmap, so each call's output is faulted
-// in 4 KiB page by page on first touch: 12.5k faults for 50 MB, 3–4 µs each on the 2-core test VM, several times
-// the cost of the copy itself (benchmarks/RESULTS.md). Taking those faults in both threads at once barely helps
-// (44 vs 47 ms for 50 MB). An output of that size is instead given its own 2 MiB-aligned private mapping, advised
-// MADV_HUGEPAGE, so it takes one fault per 2 MiB (25 instead of 12.5k for 50 MB; the kernel still zeroes the
-// memory); the allocating pack then runs at 55–75 % of copy_ into an existing buffer instead of 10–20 %.
+// Why not always at::empty for large outputs: torch's CPU allocator does not cache, and glibc serves a request of
+// 32 MiB or more (its largest mmap threshold on 64-bit) with a fresh mmap unless a free chunk of its heap fits, so
+// the output is usually faulted in 4 KiB page by page on first touch: 12.5k faults for 50 MB, 3–4 µs each on the
+// 2-core test VM, several times the cost of the copy itself (benchmarks/RESULTS.md). Taking those faults in both
+// threads at once barely helps (44 vs 47 ms for 50 MB). So for an output of that size:
+// * at::empty first; if most of its pages are already faulted in (mincore: glibc recycled heap memory), it is
+//   kept — nothing is faster (measured: the allocating pack at 88–110 % of copy_ in such runs);
+// * otherwise the output gets its own 2 MiB-aligned private mapping, advised MADV_HUGEPAGE, which takes one fault
+//   per 2 MiB (25 instead of 12.5k for 50 MB; the kernel still zeroes the memory): the allocating pack then runs
+//   at 35–80 % of copy_ into an existing buffer (the lower figures where copy_ itself is fastest, as the zeroing
+//   remains) instead of 10–25 % with 4 KiB faults.
+// Smaller outputs are plain at::empty: below the mmap threshold glibc recycles freed heap chunks, so a repeated
+// call's output is usually already faulted in.
 //
-// Is that the op's business? The hint covers only this op's own output mapping, which the tensor's deleter
-// unmaps when the tensor dies (no allocator or heap memory is re-purposed, nothing outlives the tensor); the
-// system's THP policy still decides: the path is taken only when
-// /sys/kernel/mm/transparent_hugepage/enabled is `always` or `madvise` (under `never` nothing would be gained),
-// and DVG_CPP_HUGEPAGES=0 switches it off (at::empty for every size). Smaller outputs keep at::empty: glibc
-// recycles freed heap chunks below its mmap threshold, so a repeated call's output is usually already faulted in.
+// Is the mapping the op's business? The hint covers only this op's own output mapping, which the tensor's deleter
+// unmaps when the tensor dies (no allocator or heap memory is re-purposed, nothing outlives the tensor), and the
+// system's THP policy still decides: the path is taken only when /sys/kernel/mm/transparent_hugepage/enabled is
+// `always` or `madvise` (under `never` nothing would be gained). DVG_CPP_HUGEPAGES=0 switches it off (at::empty
+// for every size); DVG_CPP_HUGEPAGES=1 takes the mapping for every large output without the residency check
+// (tests, benchmarks).
 //
 // Caveat, measured on the test VM (its virtio balloon reports free memory to the host, which discards it): a
 // fresh huge page is usually a 2 MiB block the host has discarded, so after an idle period or heavy memory churn
 // in other processes the host must back it again, and single calls then took 60–240 ms instead of ~12 ms (4 KiB
-// pages, mostly taken from recently freed small blocks, suffer less: ~45–90 ms). Medians stayed 2–4x better than
-// with 4 KiB pages; DVG_CPP_HUGEPAGES=0 is the switch where that tail matters.
+// pages, mostly taken from recently freed small blocks, suffer less: ~45–90 ms). DVG_CPP_HUGEPAGES=0 is the switch
+// where that tail matters.
 //
 // The tensor owns its mapping through a from_blob deleter, so its storage is not resizable (resize_ beyond its
 // size raises); views, copies, in-place ops, pickling and torch.save are unaffected.
@@ -32,13 +38,13 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Half.h>
-#include <c10/util/accumulate.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -64,18 +70,38 @@ constexpr uintptr_t kHugePageBytes = uintptr_t{2} << 20;
 #if DVG_HUGE_OUTPUTS
 namespace {
 
-bool huge_outputs_wanted() {
+// DVG_CPP_HUGEPAGES: "0" never, "1" always for large outputs, unset (or anything else) automatic: only when
+// at::empty hands back memory that is not faulted in yet. Also off when the THP policy is `never` (or absent).
+enum class HugeMode { kOff, kAuto, kAlways };
+
+HugeMode huge_mode_from_environment() {
   const char* value = std::getenv("DVG_CPP_HUGEPAGES");
-  if (value != nullptr && std::string(value) == "0") return false;
+  const std::string setting = value == nullptr ? "" : value;
+  if (setting == "0") return HugeMode::kOff;
   std::ifstream policy("/sys/kernel/mm/transparent_hugepage/enabled");
   std::string line;
-  if (!policy || !std::getline(policy, line)) return false;
-  return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+  if (!policy || !std::getline(policy, line)) return HugeMode::kOff;
+  if (line.find("[always]") == std::string::npos && line.find("[madvise]") == std::string::npos)
+    return HugeMode::kOff;
+  return setting == "1" ? HugeMode::kAlways : HugeMode::kAuto;
 }
 
-bool huge_outputs_enabled() {
-  static const bool enabled = huge_outputs_wanted();
-  return enabled;
+HugeMode huge_mode() {
+  static const HugeMode mode = huge_mode_from_environment();
+  return mode;
+}
+
+// Whether most pages of [data, data + bytes) are already faulted in (mincore), i.e. at::empty recycled memory that
+// glibc had kept in its heap: writing it costs no faults, which no fresh mapping can beat.
+bool mostly_resident(const void* data, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes + page - 1) & ~(page - 1);
+  std::vector<unsigned char> resident((end - start) / page);
+  if (mincore(reinterpret_cast<void*>(start), end - start, resident.data()) != 0) return false;
+  size_t count = 0;
+  for (unsigned char flags : resident) count += flags & 1u;
+  return 2 * count >= resident.size();
 }
 
 // A private anonymous mapping of `bytes` (a multiple of 2 MiB) starting on a 2 MiB boundary, so every piece of it
@@ -101,21 +127,25 @@ void* map_huge_aligned(size_t bytes) {
 // A contiguous CPU tensor of `sizes` and `options`' dtype, uninitialised (as at::empty); see the file comment
 // for when it gets its own huge-page mapping.
 at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor plain = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
 #if DVG_HUGE_OUTPUTS
-  const int64_t nbytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(
-      c10::typeMetaToScalarType(options.dtype())));
-  if (nbytes >= kHugeOutputMinBytes && huge_outputs_enabled()) {
-    // Whole huge pages: a mapping that ended inside the last 2 MiB would fault that tail in 4 KiB pages (up to
-    // 511 faults, ~1.5 ms here) to save zeroing at most 2 MiB (~0.2 ms), at most 6 % of an output this large.
-    const size_t bytes = (static_cast<size_t>(nbytes) + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
-    if (void* data = map_huge_aligned(bytes)) {
-      return at::from_blob(data, sizes, [bytes](void* ptr) { munmap(ptr, bytes); },
-                           at::TensorOptions().dtype(options.dtype()).device(at::kCPU));
-    }
-    // mmap refused (address space or map count limits): let torch's allocator try, and report its own error.
+  const int64_t nbytes = plain.numel() * static_cast<int64_t>(plain.element_size());
+  const HugeMode mode = huge_mode();
+  if (nbytes < kHugeOutputMinBytes || mode == HugeMode::kOff) return plain;
+  if (mode == HugeMode::kAuto && mostly_resident(plain.data_ptr(), static_cast<size_t>(nbytes))) return plain;
+  plain = at::Tensor();  // a fresh glibc mapping (or untouched heap): given back, replaced by a huge-page one
+  // Whole huge pages: a mapping that ended inside the last 2 MiB would fault that tail in 4 KiB pages (up to
+  // 511 faults, ~1.5 ms here) to save zeroing at most 2 MiB (~0.2 ms), at most 6 % of an output this large.
+  const size_t bytes = (static_cast<size_t>(nbytes) + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  if (void* data = map_huge_aligned(bytes)) {
+    return at::from_blob(data, sizes, [bytes](void* ptr) { munmap(ptr, bytes); },
+                         at::TensorOptions().dtype(options.dtype()).device(at::kCPU));
   }
-#endif
+  // mmap refused (address space or map count limits): let torch's allocator try, and report its own error.
   return at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+#else
+  return plain;
+#endif
 }
 
 // fp16 <-> fp32 rows. GCC 12 does not vectorise _Float16 conversions (one vcvtph2ps per element, even in an

@@ -48,14 +48,30 @@ def test_table_rows_ratios_and_targets():
 
 def test_allocating_rows_name_huge_page_outputs(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(B, "cpp_huge_outputs", lambda: True)
-    assert B._fresh_variant("allocating", cpu, B.HUGE_OUTPUT_MIN_BYTES) == "allocating (huge-page output)"
+    monkeypatch.setattr(B, "cpp_huge_outputs", lambda: "auto")
+    assert B._fresh_variant("allocating", cpu, B.HUGE_OUTPUT_MIN_BYTES) == "allocating (own huge pages unless recycled)"
     assert B._fresh_variant("allocating", cpu, B.HUGE_OUTPUT_MIN_BYTES - 1) == "allocating"
     assert B._fresh_variant("allocating", torch.device("meta"), B.HUGE_OUTPUT_MIN_BYTES) == "allocating"
-    monkeypatch.setattr(B, "cpp_huge_outputs", lambda: False)
+    monkeypatch.setattr(B, "cpp_huge_outputs", lambda: "always")
+    assert B._fresh_variant("allocating", cpu, 1 << 40) == "allocating (own huge pages)"
+    monkeypatch.setattr(B, "cpp_huge_outputs", lambda: "off")
     assert B._fresh_variant("allocating", cpu, 1 << 40) == "allocating"
 
 
-def test_huge_outputs_off_by_environment(monkeypatch):
-    monkeypatch.setenv("DVG_CPP_HUGEPAGES", "0")
-    assert not B.cpp_huge_outputs()
+def _thp_usable() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            policy = fh.read()
+    except OSError:
+        return False
+    return "[always]" in policy or "[madvise]" in policy
+
+
+@pytest.mark.parametrize("setting,expected", [("0", "off"), ("1", "always"), (None, "auto")])
+def test_huge_output_mode_from_environment(monkeypatch, setting, expected):
+    if setting is None:
+        monkeypatch.delenv("DVG_CPP_HUGEPAGES", raising=False)
+    else:
+        monkeypatch.setenv("DVG_CPP_HUGEPAGES", setting)
+    linux_thp = B.sys.platform.startswith("linux") and _thp_usable()
+    assert B.cpp_huge_outputs() == (expected if linux_thp else "off")

@@ -14,7 +14,7 @@ HunyuanVideo / HunyuanVideo-1.5, but per segment of a packed stream, so samples 
 Out variant: `dvg::modulated_layer_norm_out` (the wrapper's `out=`) writes into a caller-provided `(total, D)`
 tensor (any row stride, contiguous last dim, not overlapping the inputs) — for buffers a serving stack owns, and
 on CPU to skip the first-touch page faults of a fresh output. One kernel per backend serves both forms. The C++
-backend's allocating form gives an output of 32 MiB or more its own huge-page mapping, as the pack ops do
+backend's allocating form gives an output of 32 MiB or more recycled or huge-page memory, as the pack ops do
 (see "Fresh CPU outputs" in dvg_engine/ops/pack.py; `DVG_CPP_HUGEPAGES=0` turns it off).
 
 Backends: torch reference (always; `upcast=True` = fp32 math, `upcast=False` = diffusers' same-dtype

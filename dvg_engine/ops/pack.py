@@ -59,12 +59,14 @@ contiguous last dimension and no two elements in the same memory, and must not o
 has one kernel: the allocating op allocates a contiguous output and runs it (the torch reference returns its own
 result).
 
-Fresh CPU outputs (C++ backend): an output of 32 MiB or more gets its own 2 MiB-aligned memory mapping advised
-as transparent huge pages (`madvise(MADV_HUGEPAGE)`, Linux, THP policy `always` or `madvise`), so it is faulted
-in per 2 MiB instead of per 4 KiB — 50 MB of 4 KiB faults cost several times the copy itself, and glibc maps
-every request of that size afresh (benchmarks/RESULTS.md). The mapping belongs to the returned tensor and is
-unmapped with it; its storage is therefore not resizable. `DVG_CPP_HUGEPAGES=0` turns this off (plain
-`torch.empty` outputs). Smaller outputs are plain `torch.empty` allocations.
+Fresh CPU outputs (C++ backend): for an output of 32 MiB or more, 4 KiB first-touch page faults cost several
+times the copy itself, and glibc maps a request of that size afresh unless a free heap chunk fits
+(benchmarks/RESULTS.md). So the op keeps `torch.empty`'s memory when it is already faulted in (recycled), and
+otherwise gives the output its own 2 MiB-aligned memory mapping advised as transparent huge pages
+(`madvise(MADV_HUGEPAGE)`; Linux, THP policy `always` or `madvise`), faulted in per 2 MiB. The mapping belongs to
+the returned tensor and is unmapped with it; its storage is therefore not resizable. `DVG_CPP_HUGEPAGES=0` turns
+this off (plain `torch.empty` outputs), `DVG_CPP_HUGEPAGES=1` takes the mapping for every large output. Smaller
+outputs are plain `torch.empty` allocations.
 
 Backends: torch reference (always; sync-free gathers, also the test oracle), Triton (`kernels/pack.py`,
 CUDA, or CPU under TRITON_INTERPRET=1), C++ (`csrc/pack.cpp`, CPU, OpenMP).
