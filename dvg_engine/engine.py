@@ -238,7 +238,7 @@ class _compiled_blocks:
     The one dimension left dynamic is the packed attention's token count, which follows the prompts' valid text
     lengths (the blocks see the text padded to the pipeline's fixed length): `processors.PackedAttention.
     for_compile` marks it and replaces the exact max_seqlen (a host int, hence a graph constant) by a bound fixed
-    per stage shape, so prompts of new lengths compile nothing (with `fused_rope`, not yet: see
+    per stage shape, so prompts of new lengths compile nothing (`fused_rope` too: see
     `processors.FUSED_ROPE_DYNAMIC`). A new *padded* length (another max_sequence_length, or prompt embeddings
     of another length) does compile anew.
     Outside the call the blocks are the plain modules again, so a shared transformer is unaffected and

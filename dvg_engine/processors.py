@@ -35,10 +35,10 @@ from . import _checks
 
 
 # Whether fused-RoPE attention (the `fused_rope` option) joins compile_blocks' graphs that are dynamic in the text
-# length. Under them the packed token counts handed to the pack ops are symbols (torch.SymInt), which the pack
-# ops' validators (dvg_engine.ops.pack: `_validate_pack`, `_validate_unpack`) reject, accepting host ints only:
-# until they accept torch.SymInt too, fused-RoPE layouts compile static graphs (one set per set of prompt lengths).
-FUSED_ROPE_DYNAMIC = False
+# length: the packed token counts handed to the pack ops are then symbols (torch.SymInt), which their validators
+# accept (dvg_engine.ops.pack: `_validate_pack`, `_validate_unpack`). False would compile static fused-RoPE graphs
+# (one set per set of prompt lengths).
+FUSED_ROPE_DYNAMIC = True
 
 
 @dataclasses.dataclass
@@ -100,7 +100,7 @@ class PackedAttention:
     def for_compile(self, max_seqlen: int, dynamic_seq_len: bool = False) -> "PackedAttention":
         """Prepare the layout for attention inside `torch.compile`d code (the engine's `compile_blocks`), so that
         prompts of other valid text lengths (same stage shapes) reuse the graphs instead of compiling new ones
-        (not yet with `fused_rope`: see `FUSED_ROPE_DYNAMIC`; call it after `attach_fused_rope`).
+        (with `fused_rope` as long as `FUSED_ROPE_DYNAMIC`; call it after `attach_fused_rope`).
 
         The packed token count (rows' length) depends on the text lengths: it is marked dynamic, so the graphs
         take it as a symbol. max_seqlen: a bound on every segment's length that depends only on the stage

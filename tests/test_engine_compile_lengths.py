@@ -130,8 +130,8 @@ def test_real_prompts_of_new_lengths_compile_nothing():
 
 
 def test_fused_rope_new_prompt_lengths():
-    """Fused RoPE on a mixed-plan batch: equal to eager for every prompt set; new lengths compile nothing once the
-    pack ops accept symbolic token counts (`processors.FUSED_ROPE_DYNAMIC`), until then a graph set each."""
+    """Fused RoPE on a mixed-plan batch: equal to eager for every prompt set; new lengths compile nothing, the pack
+    ops taking symbolic token counts (`processors.FUSED_ROPE_DYNAMIC`; were it False, a graph set each)."""
     torch._dynamo.reset()
     pipe = tp.hv_pipe(num_layers=2, num_single_layers=2)
     pipe.set_progress_bar_config(disable=True)

@@ -392,28 +392,43 @@ def test_cpp_rope_pack_refuses_k_of_another_dtype_than_q():
                                             torch.empty(d["total"], 2, 64), torch.empty(d["total"], 2, 64).half())
 
 
+def _out_step_setup(device, dtype):
+    """Inputs and caller-owned output buffers of one out-variant step (pack -> unpack -> LayerNorm) on `device`."""
+    d = make_inputs("unequal", 2, 64, dtype, canary=False)
+    d = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+    total, total_latent, text_len = d["total"], d["latent"].shape[0], d["text_len"]
+    gen = torch.Generator().manual_seed(1)
+    scale, shift = ((0.1 * torch.randn(2, 128, generator=gen)).to(device, dtype) for _ in range(2))
+    buffers = (torch.empty(total, 2, 64, device=device, dtype=dtype),
+               torch.empty(total_latent, 2, 64, device=device, dtype=dtype),
+               torch.empty(2, text_len, 2, 64, device=device, dtype=dtype),
+               torch.empty(total, 128, device=device, dtype=dtype))
+
+    def step():
+        packed, lat_out, txt_out, normed = buffers
+        P.pack_tokens(d["latent"], d["text"], d["cu_latent"], d["cu_seqlens"], total, validate=False, out=packed)
+        P.unpack_tokens(packed, d["cu_latent"], d["cu_seqlens"], total_latent, text_len, validate=False,
+                        latent_out=lat_out, text_out=txt_out)
+        LN.modulated_layer_norm(packed.view(total, 128), d["cu_seqlens"], scale, shift, validate=False, out=normed)
+    return d, buffers, step
+
+
+def test_out_variant_step_makes_no_host_sync(cuda_device):
+    """What capturing the step in a CUDA graph needs (the GPU test below captures it): with validate=False the
+    out-variant step reads nothing back and copies nothing from the host — on a GPU, or the simulated device."""
+    from _backends import synchronising_calls
+    d, buffers, step = _out_step_setup(cuda_device, torch.float32)
+    step()  # warm-up: on a GPU the first call compiles the kernels
+    assert synchronising_calls(step) == 0
+    assert torch.equal(buffers[1], d["latent"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_replays_out_variants_into_caller_buffers():
     """What a serving stack does: capture pack → unpack → LayerNorm writing into buffers it owns, change the inputs
     in place, replay; the caller's buffers must then hold what an eager run computes (no allocation or host sync
     inside the graph with validate=False)."""
-    device = torch.device("cuda")
-    d = make_inputs("unequal", 2, 64, torch.bfloat16, canary=False)
-    d = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
-    total, total_latent, text_len = d["total"], d["latent"].shape[0], d["text_len"]
-    gen = torch.Generator().manual_seed(1)
-    scale, shift = ((0.1 * torch.randn(2, 128, generator=gen)).to(device, torch.bfloat16) for _ in range(2))
-    packed = torch.empty(total, 2, 64, device=device, dtype=torch.bfloat16)
-    lat_out = torch.empty(total_latent, 2, 64, device=device, dtype=torch.bfloat16)
-    txt_out = torch.empty(2, text_len, 2, 64, device=device, dtype=torch.bfloat16)
-    normed = torch.empty(total, 128, device=device, dtype=torch.bfloat16)
-
-    def step():
-        P.pack_tokens(d["latent"], d["text"], d["cu_latent"], d["cu_seqlens"], total, validate=False, out=packed)
-        P.unpack_tokens(packed, d["cu_latent"], d["cu_seqlens"], total_latent, text_len, validate=False,
-                        latent_out=lat_out, text_out=txt_out)
-        LN.modulated_layer_norm(packed.view(total, 128), d["cu_seqlens"], scale, shift, validate=False, out=normed)
-
+    d, buffers, step = _out_step_setup(torch.device("cuda"), torch.bfloat16)
     with _registry.use_backend("triton"):
         step()  # compiles the kernels before capture
         side = torch.cuda.Stream()
@@ -428,11 +443,11 @@ def test_cuda_graph_replays_out_variants_into_caller_buffers():
         d["text"].mul_(-1.0)
         graph.replay()
         torch.cuda.synchronize()
-        replayed = [t.clone() for t in (packed, lat_out, txt_out, normed)]
+        replayed = [t.clone() for t in buffers]
         step()
-    for got, want in zip(replayed, (packed, lat_out, txt_out, normed)):
+    for got, want in zip(replayed, buffers):
         assert torch.equal(got, want)
-    assert torch.equal(lat_out, d["latent"])
+    assert torch.equal(buffers[1], d["latent"])
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")

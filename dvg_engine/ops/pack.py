@@ -307,7 +307,8 @@ def _validate_pack(op: str, latent, text, cu_latent, cu_seqlens, total: int, val
     _check_tokens(op, "text", text, (latent.dim(),) if stream else (latent.dim() + 1,), latent.device, latent.dtype)
     if _features(latent, 1) != _features(text, 1 if stream else 2):
         _fail(op, "text", text, f"per-token shape {tuple(latent.shape[1:])} (as latent)")
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+    # torch.SymInt: under compile_blocks the packed token count is a symbol (see processors.PackedAttention.for_compile)
+    if isinstance(total, bool) or not isinstance(total, (int, torch.SymInt)) or total < 0:
         _fail(op, "total", total, "a non-negative int (cu_seqlens[-1], known on the host)")
     if stream:
         check_cu_seqlens(op, "cu_text", cu_text, latent.device, 0, False)
@@ -342,7 +343,7 @@ def _validate_unpack(op: str, packed, cu_latent, cu_seqlens, total_latent: int, 
                      validate: bool, cu_text=None) -> None:
     _check_tokens(op, "packed", packed, (2, 3))
     for name, value in (("total_latent", total_latent), ("text_len", text_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)) or value < 0:
             _fail(op, name, value, "a non-negative int (known on the host)")
     check_cu_seqlens(op, "cu_latent", cu_latent, packed.device, total_latent, False)
     check_cu_seqlens(op, "cu_seqlens", cu_seqlens, packed.device, packed.shape[0], False)
