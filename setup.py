@@ -41,6 +41,8 @@ def _cpp_extension():
     ext = CppExtension(
         "dvg_engine._C",
         sources,
+        depends=sorted(os.path.join("csrc", name) for name in os.listdir(os.path.join(HERE, "csrc"))
+                       if name.endswith(".h")),
         extra_compile_args={"cxx": flags},
         extra_link_args=["-fopenmp"],
     )

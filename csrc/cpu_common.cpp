@@ -38,6 +38,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Half.h>
+#include "cpu_common.h"
 
 #include <cstdint>
 #include <cstdlib>

@@ -8,6 +8,9 @@ CUDA device of `_cuda_sim` (conftest.py enters it) with DEVICE on it: the op tes
 GPU" and any tensor they forget to put there meets the device tensors as CUDA would have it."""
 import contextlib
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from typing import Iterator
 
@@ -84,3 +87,16 @@ def synchronising_calls(run) -> int:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def run_python(script: str, unset=("TRITON_INTERPRET",), **env: str) -> None:
+    """Run `script` (dedented) in a fresh Python from the repository root, with tests/ importable, the variables
+    in `unset` removed from the environment and `env` set (e.g. DVG_CPP_SIMD="0", which the C++ kernels read
+    per process); the script must print OK."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
+    environ.update(env)
+    code = "import sys; sys.path.insert(0, 'tests')\n" + textwrap.dedent(script)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300,
+                            cwd=repo)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr

@@ -6,10 +6,6 @@ With DVG_TEST_GPU=1 on a CUDA machine the Triton kernel runs on CUDA in fp32, fp
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -20,7 +16,7 @@ from dvg_engine.ops import _registry
 from dvg_engine.ops import layer_norm as LN
 from dvg_engine.ops.pack import packed_layout
 
-from _backends import DEVICE, GPU, skip_unless_runs as _skip_unless_runs  # noqa: E402
+from _backends import DEVICE, GPU, run_python, skip_unless_runs as _skip_unless_runs  # noqa: E402
 if GPU:
     BACKEND_DTYPES = [("triton", torch.float32), ("triton", torch.float16), ("triton", torch.bfloat16)]
 else:
@@ -190,7 +186,7 @@ def test_cpp_fp16_portable_conversions_equal_f16c(tmp_path):
         finite = ~torch.isnan(ref)
         assert_pointwise_close(y[finite], ref[finite], name="cpp fp16")
     torch.save({"cases": cases, "got": got}, tmp_path / "f16.pt")
-    script = textwrap.dedent(f"""
+    run_python(f"""
         import torch
         from dvg_engine.ops import _registry, layer_norm as LN
         saved = torch.load({str(tmp_path / 'f16.pt')!r})
@@ -199,8 +195,4 @@ def test_cpp_fp16_portable_conversions_equal_f16c(tmp_path):
                 y = LN.modulated_layer_norm(*case)
                 assert torch.equal(y.view(torch.int16), want.view(torch.int16)), case[0].shape
         print("OK")
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["DVG_CPP_SIMD"] = "0"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+    """, DVG_CPP_SIMD="0")

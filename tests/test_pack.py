@@ -18,7 +18,7 @@ from _tolerances import assert_pointwise_close, assert_verbose_allclose
 from dvg_engine.ops import _registry
 from dvg_engine.ops import pack as P
 
-from _backends import DEVICE, GPU, skip_unless_runs as _skip_unless_runs  # noqa: E402
+from _backends import DEVICE, GPU, run_python, skip_unless_runs as _skip_unless_runs  # noqa: E402
 
 # (backend, dtype) pairs that run here; bf16 math is unsupported by the Triton interpreter.
 if GPU:
@@ -556,9 +556,6 @@ def test_imports_and_runs_without_triton(tmp_path):
 def test_cpp_fp16_rope_portable_conversions_equal_f16c(tmp_path):
     """The C++ RoPE pack converts fp16 heads with F16C where the CPU has it; DVG_CPP_SIMD=0 forces c10::Half (what a
     CPU without F16C runs). Same bits either way, subnormal and largest-normal values included."""
-    import subprocess
-    import sys
-    import textwrap
     _skip_unless_runs("cpp")
     if DEVICE.type != "cpu":
         pytest.skip("a CPU kernel test")
@@ -576,7 +573,7 @@ def test_cpp_fp16_rope_portable_conversions_equal_f16c(tmp_path):
             q_ref, _ = P.pack_qk_rope(*case)
         assert_pointwise_close(q, q_ref, name="cpp fp16 q")
     torch.save({"cases": cases, "got": got}, tmp_path / "rope16.pt")
-    script = textwrap.dedent(f"""
+    run_python(f"""
         import torch
         from dvg_engine.ops import _registry, pack as P
         saved = torch.load({str(tmp_path / 'rope16.pt')!r})
@@ -586,8 +583,4 @@ def test_cpp_fp16_rope_portable_conversions_equal_f16c(tmp_path):
                 assert torch.equal(q.view(torch.int16), q_want.view(torch.int16)), case[0].shape
                 assert torch.equal(k.view(torch.int16), k_want.view(torch.int16)), case[0].shape
         print("OK")
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["DVG_CPP_SIMD"] = "0"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+    """, DVG_CPP_SIMD="0")

@@ -16,11 +16,7 @@ the state of the process's heap.
 """
 from __future__ import annotations
 
-import gc
-import os
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -28,9 +24,9 @@ import torch
 from dvg_engine.ops import _registry
 from dvg_engine.ops import layer_norm as LN
 from dvg_engine.ops import pack as P
+from _backends import run_python
 
 HUGE_MIN_BYTES = 32 << 20  # kHugeOutputMinBytes in csrc/cpu_common.cpp
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(not _registry.cpp_available(), reason="the C++ extension dvg_engine._C is not built")
 
@@ -126,13 +122,8 @@ def all_large_outputs():
 
 
 def run_script(script: str, hugepages: str = None) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DVG_CPP_HUGEPAGES")}
-    if hugepages is not None:
-        env["DVG_CPP_HUGEPAGES"] = hugepages
-    code = "import sys; sys.path.insert(0, 'tests')\n" + textwrap.dedent(script)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                            cwd=REPO)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+    env = {} if hugepages is None else {"DVG_CPP_HUGEPAGES": hugepages}
+    run_python(script, unset=("TRITON_INTERPRET", "DVG_CPP_HUGEPAGES"), **env)
 
 
 # ----------------------------------------------------------------------------------------------------
