@@ -139,8 +139,13 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& opti
   // 511 faults, ~1.5 ms here) to save zeroing at most 2 MiB (~0.2 ms), at most 6 % of an output this large.
   const size_t bytes = (static_cast<size_t>(nbytes) + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
   if (void* data = map_huge_aligned(bytes)) {
-    return at::from_blob(data, sizes, [bytes](void* ptr) { munmap(ptr, bytes); },
-                         at::TensorOptions().dtype(options.dtype()).device(at::kCPU));
+    try {
+      return at::from_blob(data, sizes, [bytes](void* ptr) { munmap(ptr, bytes); },
+                           at::TensorOptions().dtype(options.dtype()).device(at::kCPU));
+    } catch (...) {  // from_blob failed before its DataPtr took ownership: the mapping is still ours
+      munmap(data, bytes);
+      throw;
+    }
   }
   // mmap refused (address space or map count limits): let torch's allocator try, and report its own error.
   return at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
@@ -152,7 +157,8 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& opti
 // fp16 <-> fp32 rows. GCC 12 does not vectorise _Float16 conversions (one vcvtph2ps per element, even in an
 // x86-64-v3 clone), so where the CPU has F16C they run on its 8-wide instructions, chosen at run time (the
 // extension is built without -march flags). The portable versions (c10::Half: round to nearest even, as
-// vcvtps2ph with _MM_FROUND_TO_NEAREST_INT) give the same bits; DVG_CPP_SIMD=0 forces them, as in
+// vcvtps2ph with _MM_FROUND_TO_NEAREST_INT) give the same bits, except for NaNs: F16C keeps a NaN's payload
+// (and quiets a signalling one), c10::Half returns the canonical quiet NaN; both are NaN. DVG_CPP_SIMD=0 forces them, as in
 // resample_renoise.cpp, so the tests can compare both on one machine.
 using HalfRowFn = void (*)(const void* src, void* dst, int64_t n);
 

@@ -571,6 +571,11 @@ class PackedHunyuanVideoForward:
             cached = (seg_img, seg_img_blocks, seg_txt, layout, rope)
             self.layout_cache[key] = cached
         seg_img, seg_img_blocks, seg_txt, layout, rope = cached
+        # Host-side (shapes only, no device read): the layers' own token-count check is skipped under compile_blocks
+        # (`PackedAttention.for_compile`), so the streams they will receive are checked against the layout here.
+        if img.shape[:2] != (1, layout.seq_len - txt.shape[1]) or txt.shape[0] != 1:
+            raise RuntimeError(f"DVG packed forward: image stream {tuple(img.shape[:2])} and text stream "
+                               f"{tuple(txt.shape[:2])} do not make the layout's {layout.seq_len} tokens")
 
         # 4. Transformer blocks
         with self.state.activate(layout):
