@@ -37,10 +37,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["cpu", "cuda"], ids=["cpu", "cuda" if torch.cuda.is_available() else "cuda_sim"])
+# On a GPU check (DVG_TEST_GPU=1 with a GPU: gpu_check.py, a time-limited lease) the "cpu" half of `device` is left
+# out: CI runs it on every commit.
+_GPU_CHECK = os.environ.get("DVG_TEST_GPU") == "1" and torch.cuda.is_available()
+
+
+@pytest.fixture(params=["cuda"] if _GPU_CHECK else ["cpu", "cuda"],
+                ids=["cuda"] if _GPU_CHECK else ["cpu", "cuda" if torch.cuda.is_available() else "cuda_sim"])
 def device(request):
     """The device of a test written for CUDA, run twice: "cpu", and "cuda" — the GPU, or without one the simulated
-    CUDA device of tests/_cuda_sim.py (see tests/_backends.py)."""
+    CUDA device of tests/_cuda_sim.py (see tests/_backends.py). On a GPU check, "cuda" only."""
     from _backends import device_for
     with device_for(request.param) as dev:
         yield dev
