@@ -199,15 +199,18 @@ __attribute__((target("avx,f16c"))) void float_to_half_f16c(const void* src, voi
 
 bool use_f16c() {
 #if DVG_F16C
-  const char* value = std::getenv("DVG_CPP_SIMD");
-  if (value != nullptr && std::string(value) == "0") return false;
-  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return simd_allowed() && __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
 }
 
 }  // namespace
+
+bool simd_allowed() {
+  const char* value = std::getenv("DVG_CPP_SIMD");
+  return value == nullptr || std::string(value) != "0";
+}
 
 HalfRowFn half_to_float_row() {
 #if DVG_F16C

@@ -12,4 +12,6 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& opti
 using HalfRowFn = void (*)(const void* src, void* dst, int64_t n);
 HalfRowFn half_to_float_row();
 HalfRowFn float_to_half_row();
+// False when DVG_CPP_SIMD=0: the kernels then take their portable paths (the tests compare both on one machine).
+bool simd_allowed();
 }  // namespace dvg

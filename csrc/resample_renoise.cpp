@@ -27,6 +27,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include "cpu_common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -168,11 +169,8 @@ using NoiseRowFn = void (*)(uint64_t, const uint64_t*, int64_t, float*);
 
 // Follows torch's own CPU capability (ATEN_CPU_CAPABILITY), so the vector width matches the one the
 // reference's torch.log / torch.cos use.
-// DVG_CPP_SIMD=0 forces the portable paths (how the tests cover them on a machine with AVX).
-bool simd_allowed() {
-  const char* value = std::getenv("DVG_CPP_SIMD");
-  return value == nullptr || std::string(value) != "0";
-}
+// DVG_CPP_SIMD=0 forces the portable paths (how the tests cover them on a machine with AVX): dvg::simd_allowed.
+using dvg::simd_allowed;
 
 NoiseRowFn select_noise_row() {
 #ifdef DVG_X86_SIMD

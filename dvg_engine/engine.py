@@ -238,8 +238,8 @@ class _compiled_blocks:
     The one dimension left dynamic is the packed attention's token count, which follows the prompts' valid text
     lengths (the blocks see the text padded to the pipeline's fixed length): `processors.PackedAttention.
     for_compile` marks it and replaces the exact max_seqlen (a host int, hence a graph constant) by a bound fixed
-    per stage shape, so prompts of new lengths compile nothing (`fused_rope` too: see
-    `processors.FUSED_ROPE_DYNAMIC`). A new *padded* length (another max_sequence_length, or prompt embeddings
+    per stage shape, so prompts of new lengths compile nothing (`fused_rope` too: the pack
+    ops take the symbolic token count). A new *padded* length (another max_sequence_length, or prompt embeddings
     of another length) does compile anew.
     Outside the call the blocks are the plain modules again, so a shared transformer is unaffected and
     `restore()` has nothing extra to undo. The per-sample packed forward (samples of one batch on different

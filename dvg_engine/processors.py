@@ -34,12 +34,6 @@ import torch
 from . import _checks
 
 
-# Whether fused-RoPE attention (the `fused_rope` option) joins compile_blocks' graphs that are dynamic in the text
-# length: the packed token counts handed to the pack ops are then symbols (torch.SymInt), which their validators
-# accept (dvg_engine.ops.pack: `_validate_pack`, `_validate_unpack`). False would compile static fused-RoPE graphs
-# (one set per set of prompt lengths).
-FUSED_ROPE_DYNAMIC = True
-
 
 @dataclasses.dataclass
 class FusedRope:
@@ -100,7 +94,7 @@ class PackedAttention:
     def for_compile(self, max_seqlen: int, dynamic_seq_len: bool = False) -> "PackedAttention":
         """Prepare the layout for attention inside `torch.compile`d code (the engine's `compile_blocks`), so that
         prompts of other valid text lengths (same stage shapes) reuse the graphs instead of compiling new ones
-        (with `fused_rope` as long as `FUSED_ROPE_DYNAMIC`; call it after `attach_fused_rope`).
+        (with `fused_rope` too: the pack ops take the symbolic token count; call it after `attach_fused_rope`).
 
         The packed token count (rows' length) depends on the text lengths: it is marked dynamic, so the graphs
         take it as a symbol. max_seqlen: a bound on every segment's length that depends only on the stage
@@ -114,8 +108,6 @@ class PackedAttention:
         if max_seqlen < longest:
             _checks.fail("max_seqlen", max_seqlen, f"an int >= the longest segment ({longest})")
         self.max_seqlen = int(max_seqlen)
-        if self.fused_rope is not None and not FUSED_ROPE_DYNAMIC:
-            return self
         self.dynamic_seq_len = dynamic_seq_len
         from torch._dynamo import maybe_mark_dynamic
         # maybe_mark_dynamic, not mark_dynamic: were a length ever specialised anyway, Dynamo recompiles
@@ -475,15 +467,12 @@ class PackedHunyuanVideoForward:
         # graph set per stage shapes, none per step and none per new set of prompt lengths. The compiled
         # callables belong to this object, which lives for one DVG call, so nothing stays compiled outside it.
         self.compiling = compile_kwargs is not None
-        self.dynamic_text = self.compiling and (not fused_rope or FUSED_ROPE_DYNAMIC)
         self.dual_block = self._dual_block
         self.single_block = self._single_block
         if self.compiling:
-            self.dual_block = torch.compile(self._dual_block, dynamic=False, **compile_kwargs)
-            self.single_block = torch.compile(self._single_block, dynamic=False, **compile_kwargs)
-        if self.dynamic_text:
-            self.dual_block = _text_length_dynamic(self.dual_block)
-            self.single_block = _text_length_dynamic(self.single_block)
+            self.dual_block = _text_length_dynamic(torch.compile(self._dual_block, dynamic=False, **compile_kwargs))
+            self.single_block = _text_length_dynamic(
+                torch.compile(self._single_block, dynamic=False, **compile_kwargs))
 
     def _rope(self, hidden: torch.Tensor):
         key = (tuple(hidden.shape[2:]), hidden.device, hidden.dtype)
@@ -565,7 +554,7 @@ class PackedHunyuanVideoForward:
                 ropes = [self._rope(h) for h in hidden_list]
                 rope = tuple(torch.cat([r[i] for r in ropes], dim=0) for i in (0, 1))
             seg_txt = _Segments.of_lengths(lengths_txt, device)
-            if self.dynamic_text:
+            if self.compiling:
                 from torch._dynamo import maybe_mark_dynamic
                 maybe_mark_dynamic(seg_txt.ids, 0)
             cached = (seg_img, seg_img_blocks, seg_txt, layout, rope)

@@ -130,15 +130,15 @@ def test_real_prompts_of_new_lengths_compile_nothing():
 
 
 def test_fused_rope_new_prompt_lengths():
-    """Fused RoPE on a mixed-plan batch: equal to eager for every prompt set; new lengths compile nothing, the pack
-    ops taking symbolic token counts (`processors.FUSED_ROPE_DYNAMIC`; were it False, a graph set each)."""
+    """Fused RoPE on a mixed-plan batch: equal to eager for every prompt set; new lengths compile nothing (the pack
+    ops take the symbolic token count)."""
     torch._dynamo.reset()
     pipe = tp.hv_pipe(num_layers=2, num_single_layers=2)
     pipe.set_progress_bar_config(disable=True)
     prompts = [tp.hv_prompt(2, valid_lengths=v) for v in ([9, 6], [7, 3])]
     results = _eager_and_compiled(pipe, prompts, 2, MIXED, CountingBackend(), fused_rope=True)
     first = 3 + 3 * 2
-    assert [graphs for _, _, graphs in results] == [first, 0 if processors.FUSED_ROPE_DYNAMIC else first]
+    assert [graphs for _, _, graphs in results] == [first, 0]
     for k, (eager, compiled, _) in enumerate(results):
         assert_verbose_allclose(compiled, eager, atol=1e-5, rtol=1e-5, name=f"fused RoPE: prompt set {k}")
     pipe.dvg.restore()

@@ -99,8 +99,9 @@ def test_interpreter_fma_probe_keeps_bit_equality_on_the_ci_triton():
     import triton
     if DEVICE.type != "cpu":
         pytest.skip("the probe concerns the interpreter")
-    if tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9):
-        assert _interpreter_fma_rounds_once()
+    if tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip(f"triton {triton.__version__}: older interpreters may round their fma twice (3.6 does)")
+    assert _interpreter_fma_rounds_once()
 
 
 def _assert_matches_reference(actual: torch.Tensor, expected: torch.Tensor, name: str,
